@@ -1,0 +1,155 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/allot/allot"
+)
+
+// HoldInput asks for a hold on all of Lines, or none.
+type HoldInput struct {
+	Lines []allot.Line
+	// TTL is how long the hold lasts; DefaultHoldTTL when zero.
+	TTL        time.Duration
+	CustomerID string
+}
+
+// CreateHold claims the lines' capacity until the hold expires.
+func (e *Engine) CreateHold(ctx context.Context, in HoldInput) (allot.Hold, error) {
+	if in.TTL == 0 {
+		in.TTL = DefaultHoldTTL
+	}
+	if in.TTL < time.Second || in.TTL > MaxHoldTTL {
+		return allot.Hold{}, allot.Invalid("ttl_seconds", "ttl_seconds must be between 1 and %d", int(MaxHoldTTL.Seconds()))
+	}
+	if err := checkCustomer(in.CustomerID); err != nil {
+		return allot.Hold{}, err
+	}
+	d, err := e.demandOf(ctx, e.store, in.Lines)
+	if err != nil {
+		return allot.Hold{}, err
+	}
+	now := e.now()
+	h := allot.Hold{ID: NewID("hld"), Status: allot.HoldActive, CustomerID: in.CustomerID,
+		ExpiresAt: now.Add(in.TTL), CreatedAt: now, Lines: in.Lines}
+	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
+		lk, err := e.lockDemand(ctx, tx, d)
+		if err != nil {
+			return nil, err
+		}
+		if err := e.fit(ctx, tx, lk, d); err != nil {
+			return nil, err
+		}
+		for k, q := range d.need {
+			lk[k].Held += q
+		}
+		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+			return nil, err
+		}
+		if err := tx.AddClaims(ctx, d.claims(h.ID, allot.ClaimHeld)); err != nil {
+			return nil, err
+		}
+		if err := tx.InsertHold(ctx, h); err != nil {
+			return nil, err
+		}
+		return h, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventHoldCreated, firstResource(h.Lines), "", h.ID, h)})
+	})
+	if err != nil {
+		return allot.Hold{}, err
+	}
+	return v.(allot.Hold), nil
+}
+
+// GetHold returns a hold; an active hold past its expiry reads as expired.
+func (e *Engine) GetHold(ctx context.Context, id string) (allot.Hold, error) {
+	h, err := e.store.GetHold(ctx, id)
+	if errors.Is(err, allot.ErrNotFound) {
+		return h, allot.Errorf(allot.CodeNotFound, "hold %q does not exist", id)
+	}
+	if err == nil && h.Status == allot.HoldActive && !h.ExpiresAt.After(e.now()) {
+		h.Status = allot.HoldExpired
+	}
+	return h, err
+}
+
+// ReleaseHold gives a hold's capacity back. Releasing a released or expired
+// hold does nothing; a hold already booked cannot be released.
+func (e *Engine) ReleaseHold(ctx context.Context, id string) (allot.Hold, error) {
+	return e.releaseHold(ctx, id, allot.HoldReleased)
+}
+
+// releaseHold releases what is left of a hold's claims and moves an active
+// hold to status to (released, or expired for the sweeper).
+func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus) (allot.Hold, error) {
+	h, err := e.GetHold(ctx, id)
+	if err != nil {
+		return h, err
+	}
+	d, err := e.demandOf(ctx, e.store, h.Lines)
+	if err != nil {
+		return h, err
+	}
+	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
+		lk, err := e.lockDemand(ctx, tx, d)
+		if err != nil {
+			return nil, err
+		}
+		h, err := tx.LockHold(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		expired := !h.ExpiresAt.After(e.now())
+		switch {
+		case h.Status == allot.HoldConverted:
+			return nil, allot.Errorf(allot.CodeHoldConverted, "hold %q was booked as order %q; cancel the order instead", id, h.OrderID)
+		case to == allot.HoldExpired && h.Status == allot.HoldActive && !expired:
+			return h, nil // not expired on this clock: leave it
+		}
+		claims, err := tx.OwnerClaims(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range claims {
+			b, ok := lk[c.BucketKey]
+			if !ok {
+				return nil, fmt.Errorf("hold %s claims bucket %v outside its lines", id, c.BucketKey)
+			}
+			b.Held -= c.Quantity
+		}
+		if err := tx.DeleteClaims(ctx, claims); err != nil {
+			return nil, err
+		}
+		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+			return nil, err
+		}
+		if h.Status != allot.HoldActive {
+			return h, nil
+		}
+		if expired {
+			to = allot.HoldExpired
+		}
+		if err := tx.SetHoldStatus(ctx, id, to, ""); err != nil {
+			return nil, err
+		}
+		h.Status = to
+		typ := allot.EventHoldReleased
+		if to == allot.HoldExpired {
+			typ = allot.EventHoldExpired
+		}
+		return h, tx.AppendEvents(ctx, []allot.Event{e.event(typ, firstResource(h.Lines), "", id, h)})
+	})
+	if err != nil {
+		return allot.Hold{}, err
+	}
+	return v.(allot.Hold), nil
+}
+
+func checkCustomer(id string) error {
+	if len(id) > 200 {
+		return allot.Invalid("customer_id", "customer_id may be at most 200 characters")
+	}
+	return nil
+}

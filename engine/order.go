@@ -1,0 +1,270 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/allot/allot"
+)
+
+// OrderInput books either a hold (HoldID) or Lines directly.
+type OrderInput struct {
+	HoldID     string
+	Lines      []allot.Line
+	CustomerID string
+}
+
+// CreateOrder books capacity: it converts a hold's claims, or claims the
+// lines directly, all or nothing.
+func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, error) {
+	if err := checkCustomer(in.CustomerID); err != nil {
+		return allot.Order{}, err
+	}
+	switch {
+	case in.HoldID != "" && len(in.Lines) > 0:
+		return allot.Order{}, allot.Invalid("lines", "give either hold_id or lines, not both")
+	case in.HoldID != "":
+		return e.orderFromHold(ctx, in)
+	case len(in.Lines) == 0:
+		return allot.Order{}, allot.Invalid("lines", "give hold_id, or lines to book directly")
+	}
+	d, err := e.demandOf(ctx, e.store, in.Lines)
+	if err != nil {
+		return allot.Order{}, err
+	}
+	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+	if err != nil {
+		return o, err
+	}
+	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
+		lk, err := e.lockDemand(ctx, tx, d)
+		if err != nil {
+			return nil, err
+		}
+		if err := e.fit(ctx, tx, lk, d); err != nil {
+			return nil, err
+		}
+		for k, q := range d.need {
+			lk[k].Booked += q
+		}
+		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+			return nil, err
+		}
+		if err := tx.AddClaims(ctx, d.claims(o.ID, allot.ClaimBooked)); err != nil {
+			return nil, err
+		}
+		return o, e.insertOrder(ctx, tx, o)
+	})
+	if err != nil {
+		return allot.Order{}, err
+	}
+	return v.(allot.Order), nil
+}
+
+func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order, error) {
+	h, err := e.store.GetHold(ctx, in.HoldID)
+	if errors.Is(err, allot.ErrNotFound) {
+		return allot.Order{}, allot.Invalid("hold_id", "hold %q does not exist", in.HoldID)
+	}
+	if err != nil {
+		return allot.Order{}, err
+	}
+	customer := in.CustomerID
+	switch {
+	case customer == "":
+		customer = h.CustomerID
+	case h.CustomerID != "" && h.CustomerID != customer:
+		return allot.Order{}, allot.Invalid("customer_id", "hold %q belongs to another customer", h.ID)
+	}
+	d, err := e.demandOf(ctx, e.store, h.Lines)
+	if err != nil {
+		return allot.Order{}, err
+	}
+	o, err := e.newOrder(d, customer, h.ID, fmt.Sprintf("booked from hold %s", h.ID))
+	if err != nil {
+		return o, err
+	}
+	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
+		lk, err := e.lockDemand(ctx, tx, d)
+		if err != nil {
+			return nil, err
+		}
+		h, err := tx.LockHold(ctx, in.HoldID)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case h.Status == allot.HoldConverted:
+			return nil, allot.Errorf(allot.CodeHoldConverted, "hold %q is already booked as order %q", h.ID, h.OrderID)
+		case h.Status == allot.HoldReleased:
+			return nil, allot.Errorf(allot.CodeHoldReleased, "hold %q was released; hold the capacity again", h.ID)
+		case h.Status == allot.HoldExpired || !h.ExpiresAt.After(e.now()):
+			return nil, allot.Errorf(allot.CodeHoldExpired, "hold %q expired at %s; hold the capacity again", h.ID, h.ExpiresAt.Format("2006-01-02T15:04:05.000Z07:00"))
+		}
+		claims, err := tx.OwnerClaims(ctx, h.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range claims {
+			b, ok := lk[c.BucketKey]
+			if !ok {
+				return nil, fmt.Errorf("hold %s claims bucket %v outside its lines", h.ID, c.BucketKey)
+			}
+			b.Held -= c.Quantity
+			b.Booked += c.Quantity
+		}
+		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+			return nil, err
+		}
+		if err := tx.MoveClaims(ctx, h.ID, o.ID, allot.ClaimBooked); err != nil {
+			return nil, err
+		}
+		if err := tx.SetHoldStatus(ctx, h.ID, allot.HoldConverted, o.ID); err != nil {
+			return nil, err
+		}
+		return o, e.insertOrder(ctx, tx, o)
+	})
+	if err != nil {
+		return allot.Order{}, err
+	}
+	return v.(allot.Order), nil
+}
+
+// newOrder prices d's lines into a reserved order.
+func (e *Engine) newOrder(d *demand, customer, holdID, cause string) (allot.Order, error) {
+	now := e.now()
+	o := allot.Order{ID: NewID("ord"), Status: allot.OrderReserved, CustomerID: customer, HoldID: holdID,
+		CreatedAt: now, UpdatedAt: now,
+		History: []allot.Transition{{To: allot.OrderReserved, Cause: cause, At: now}}}
+	for i, l := range d.lines {
+		ol := allot.OrderLine{Line: l}
+		if p := d.res[l.ResourceID].Price; p != nil {
+			units := l.Quantity
+			if l.CheckIn != nil && l.CheckOut != nil {
+				units *= l.CheckIn.DaysUntil(*l.CheckOut)
+			}
+			unit, amount := *p, p.Times(units)
+			ol.UnitPrice, ol.Amount = &unit, &amount
+			if o.Total == nil {
+				o.Total = &amount
+			} else {
+				t, err := o.Total.Add(amount)
+				if err != nil {
+					return o, &allot.Error{Code: allot.CodeCurrencyMismatch, Field: fmt.Sprintf("lines[%d].resource_id", i), Line: i,
+						Detail: fmt.Sprintf("all priced lines of an order must share one currency: %v", err)}
+				}
+				o.Total = &t
+			}
+		}
+		o.Lines = append(o.Lines, ol)
+	}
+	return o, nil
+}
+
+func (e *Engine) insertOrder(ctx context.Context, tx allot.Tx, o allot.Order) error {
+	if err := tx.InsertOrder(ctx, o); err != nil {
+		return err
+	}
+	return tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o)})
+}
+
+func lineList(ls []allot.OrderLine) []allot.Line {
+	out := make([]allot.Line, len(ls))
+	for i, l := range ls {
+		out[i] = l.Line
+	}
+	return out
+}
+
+// GetOrder returns an order with its history.
+func (e *Engine) GetOrder(ctx context.Context, id string) (allot.Order, error) {
+	o, err := e.store.GetOrder(ctx, id)
+	if errors.Is(err, allot.ErrNotFound) {
+		return o, allot.Errorf(allot.CodeNotFound, "order %q does not exist", id)
+	}
+	return o, err
+}
+
+// MaxPage bounds a page of a listing.
+const MaxPage = 200
+
+// ListOrders lists orders by creation, filtered.
+func (e *Engine) ListOrders(ctx context.Context, f allot.OrderFilter) ([]allot.Order, error) {
+	if f.Status != "" && !f.Status.Valid() {
+		return nil, allot.Invalid("status", "unknown status %q", f.Status)
+	}
+	if f.Limit == 0 {
+		f.Limit = 50
+	}
+	if f.Limit < 1 || f.Limit > MaxPage {
+		return nil, allot.Invalid("limit", "limit must be between 1 and %d", MaxPage)
+	}
+	return e.store.ListOrders(ctx, f)
+}
+
+// CancelOrder cancels a live order and returns its capacity. Cancelling a
+// cancelled order returns it unchanged.
+func (e *Engine) CancelOrder(ctx context.Context, id, cause string) (allot.Order, error) {
+	return e.Transition(ctx, id, allot.OrderCancelled, cause)
+}
+
+// Transition moves an order to status to, recording cause. Moving to a
+// status that is not live releases the order's capacity in the same
+// transaction. Moving to the status it already has changes nothing.
+func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus, cause string) (allot.Order, error) {
+	o, err := e.GetOrder(ctx, id)
+	if err != nil {
+		return o, err
+	}
+	d, err := e.demandOf(ctx, e.store, lineList(o.Lines))
+	if err != nil {
+		return o, err
+	}
+	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
+		lk, err := e.lockDemand(ctx, tx, d)
+		if err != nil {
+			return nil, err
+		}
+		o, err := tx.LockOrder(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if o.Status == to {
+			return o, nil
+		}
+		if !allot.CanTransition(o.Status, to) {
+			return nil, allot.Errorf(allot.CodeInvalidTransition, "order %q is %s and cannot become %s", id, o.Status, to)
+		}
+		if !to.Live() {
+			claims, err := tx.OwnerClaims(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			for _, c := range claims {
+				b, ok := lk[c.BucketKey]
+				if !ok {
+					return nil, fmt.Errorf("order %s claims bucket %v outside its lines", id, c.BucketKey)
+				}
+				b.Booked -= c.Quantity
+			}
+			if err := tx.DeleteClaims(ctx, claims); err != nil {
+				return nil, err
+			}
+			if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+				return nil, err
+			}
+		}
+		t := allot.Transition{From: o.Status, To: to, Cause: cause, At: e.now()}
+		if err := tx.SetOrderStatus(ctx, id, t); err != nil {
+			return nil, err
+		}
+		o.Status, o.UpdatedAt, o.History = to, t.At, append(o.History, t)
+		return o, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventOrderStatus, firstResource(lineList(o.Lines)), id, o.HoldID,
+			map[string]any{"order": o, "transition": t})})
+	})
+	if err != nil {
+		return allot.Order{}, err
+	}
+	return v.(allot.Order), nil
+}

@@ -1,0 +1,62 @@
+package engine
+
+import (
+	"context"
+	"time"
+
+	"github.com/allot/allot"
+)
+
+// IdempotencyRetention is how long completed Idempotency-Keys are kept.
+const IdempotencyRetention = 24 * time.Hour
+
+// Sweep releases the capacity of up to limit expired holds and forgets old
+// idempotency keys. It returns how many holds it released.
+func (e *Engine) Sweep(ctx context.Context, limit int) (int, error) {
+	ids, err := e.store.ExpiredHolds(ctx, e.now(), limit)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		if _, err := e.releaseHold(ctx, id, allot.HoldExpired); err != nil {
+			if allot.CodeOf(err) != "" { // it changed under us (booked, say): nothing to do
+				continue
+			}
+			return n, err
+		}
+		n++
+	}
+	if _, err := e.store.DeleteIdempotencyKeysBefore(ctx, e.now().Add(-IdempotencyRetention)); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// RunSweeper sweeps every interval until ctx ends, logging failures.
+func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			n, err := e.Sweep(ctx, 100)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.ErrorContext(ctx, "sweeping expired holds", "err", err)
+				}
+				break
+			}
+			if n > 0 {
+				e.log.InfoContext(ctx, "released expired holds", "count", n)
+			}
+			if n < 100 {
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,144 @@
+package allot
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps Allot's data. Implementations: store/sqlite (embedded default)
+// and store/postgres; both pass store/storetest. A store enforces no business
+// rule: it stores, locks and reads. The engine decides.
+type Store interface {
+	Reader
+	// Write runs fn in one read-write transaction and commits if fn returns
+	// nil. Buckets locked through the Tx stay locked until commit, so
+	// decisions taken on them hold. Write returns fn's error unchanged; a
+	// store error that is worth retrying (deadlock, serialization, busy)
+	// satisfies IsRetryable.
+	Write(ctx context.Context, fn func(Tx) error) error
+	// IsRetryable reports whether a failed Write may be retried as a whole.
+	IsRetryable(err error) bool
+
+	// ClaimIdempotencyKey records that a request with key and hash is in
+	// flight, under token. If the key is already known it returns the record
+	// instead (and claims nothing), unless that record is in flight and its
+	// claim older than staleAfter: then it takes the claim over.
+	ClaimIdempotencyKey(ctx context.Context, c IdempotencyClaim, staleAfter time.Duration) (*IdempotencyRecord, error)
+	// ReleaseIdempotencyKey forgets an in-flight claim whose request had no
+	// effect (it failed internally), so that a retry can run.
+	ReleaseIdempotencyKey(ctx context.Context, key, token string) error
+	// DeleteIdempotencyKeysBefore forgets completed keys older than t.
+	DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (int, error)
+
+	Close() error
+}
+
+// Reader reads committed state. Outside Write it reads the latest committed
+// data; inside a Tx it reads what that transaction sees.
+type Reader interface {
+	GetResource(ctx context.Context, id string) (Resource, error)
+	// Buckets returns the stored buckets of one resource whose keys lie in
+	// [fromKey, toKey) (all when both are empty), in key order. Nights never
+	// touched have no row; the caller fills them from the default capacity.
+	Buckets(ctx context.Context, resourceID, fromKey, toKey string) ([]Bucket, error)
+	GetHold(ctx context.Context, id string) (Hold, error)
+	GetOrder(ctx context.Context, id string) (Order, error)
+	ListOrders(ctx context.Context, f OrderFilter) ([]Order, error)
+	// Claims lists the live claims on a resource (for invariant checks and
+	// operators), in bucket order.
+	Claims(ctx context.Context, resourceID string) ([]Claim, error)
+	// EventsAfter lists outbox events with Seq > after, in Seq order.
+	EventsAfter(ctx context.Context, after int64, limit int) ([]Event, error)
+	// ExpiredHolds lists up to limit holds that still have claims and are
+	// expired at now (active past expires_at, or marked expired).
+	ExpiredHolds(ctx context.Context, now time.Time, limit int) ([]string, error)
+}
+
+// OrderFilter selects orders for ListOrders: by customer and status, paged
+// by ID (IDs sort by creation time), at most Limit.
+type OrderFilter struct {
+	CustomerID string
+	Status     OrderStatus
+	AfterID    string
+	Limit      int
+}
+
+// BucketSpec asks for one bucket to be locked; if it has no row yet it is
+// created with DefaultCapacity (nightly buckets are made on first use).
+// Create false means a missing row is reported, not made.
+type BucketSpec struct {
+	BucketKey
+	DefaultCapacity int
+	Create          bool
+}
+
+// Tx is one read-write transaction.
+type Tx interface {
+	Reader
+
+	// InsertResource stores a resource and the buckets of its slots or stock.
+	// It returns ErrConflict if the id is taken.
+	InsertResource(ctx context.Context, r Resource) error
+	// InsertSlot adds a slot (and its bucket) to a slot resource.
+	InsertSlot(ctx context.Context, resourceID string, s Slot) error
+
+	// LockBuckets locks the buckets named by specs, in BucketKey order,
+	// creating missing ones where Create is set, and returns them in that
+	// order. A missing bucket with Create unset is left out of the result.
+	// specs must be sorted and free of duplicates.
+	LockBuckets(ctx context.Context, specs []BucketSpec) ([]Bucket, error)
+	// SaveBuckets writes the capacity, held and booked of locked buckets.
+	SaveBuckets(ctx context.Context, bs []Bucket) error
+
+	// AddClaims stores new claims (an owner has at most one per bucket).
+	AddClaims(ctx context.Context, cs []Claim) error
+	// OwnerClaims lists an owner's live claims in bucket order.
+	OwnerClaims(ctx context.Context, ownerID string) ([]Claim, error)
+	// DeleteClaims removes claims (by owner and bucket).
+	DeleteClaims(ctx context.Context, cs []Claim) error
+	// MoveClaims gives all of from's claims to owner to, of kind k.
+	MoveClaims(ctx context.Context, from, to string, k ClaimKind) error
+	// ExpiredHoldClaims lists held claims on the given buckets whose hold is
+	// active but expired at now.
+	ExpiredHoldClaims(ctx context.Context, keys []BucketKey, now time.Time) ([]Claim, error)
+
+	InsertHold(ctx context.Context, h Hold) error
+	// SetHoldStatus updates a hold; it returns ErrNotFound if no such hold.
+	SetHoldStatus(ctx context.Context, id string, s HoldStatus, orderID string) error
+	// LockHold reads a hold and locks its row until commit.
+	LockHold(ctx context.Context, id string) (Hold, error)
+
+	// InsertOrder stores an order, its lines and its history.
+	InsertOrder(ctx context.Context, o Order) error
+	// LockOrder reads an order and locks its row until commit.
+	LockOrder(ctx context.Context, id string) (Order, error)
+	// SetOrderStatus changes an order's status and appends t to its history.
+	SetOrderStatus(ctx context.Context, id string, t Transition) error
+
+	// AppendEvents adds events to the outbox; the store assigns Seq.
+	AppendEvents(ctx context.Context, es []Event) error
+
+	// CompleteIdempotencyKey stores the response of the request that holds
+	// the claim (key, token). It returns ErrIdempotencyLost if that claim
+	// is no longer this request's.
+	CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error
+}
+
+// IdempotencyClaim is an in-flight request under an Idempotency-Key.
+type IdempotencyClaim struct {
+	Key   string
+	Hash  string // of method, path and body
+	Token string // this attempt's
+	At    time.Time
+}
+
+// IdempotencyRecord is what a store knows of a key.
+type IdempotencyRecord struct {
+	Key       string
+	Hash      string
+	Token     string
+	Done      bool
+	Status    int
+	Body      []byte
+	ClaimedAt time.Time
+}

@@ -1,0 +1,620 @@
+// Package postgres is Allot's production store on PostgreSQL, through pgx.
+//
+// Several allot processes may share one database: every bucket a write
+// touches is locked with SELECT ... FOR UPDATE in BucketKey order (so lock
+// waits never form a cycle), the decision is taken on the locked rows, and a
+// CHECK constraint refuses any row with held + booked > capacity. Statements
+// touching many rows are single round trips over unnest'ed arrays.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is the PostgreSQL store.
+type Store struct {
+	q
+	pool *pgxpool.Pool
+}
+
+var _ allot.Store = (*Store)(nil)
+
+// Options tune Open.
+type Options struct {
+	// Schema, when set, is created if missing and used as the search_path:
+	// tests give each test its own.
+	Schema string
+	// MaxConns bounds the pool; pgxpool's default when zero.
+	MaxConns int32
+}
+
+// Open connects to url and migrates the schema.
+func Open(ctx context.Context, url string, o Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if o.MaxConns > 0 {
+		cfg.MaxConns = o.MaxConns
+	}
+	if o.Schema != "" {
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: %w", err)
+		}
+		_, err = conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{o.Schema}.Sanitize())
+		conn.Close(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: creating schema: %w", err)
+		}
+		cfg.ConnConfig.RuntimeParams["search_path"] = o.Schema
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	s := &Store{q: q{db: pool}, pool: pool}
+	if err := s.migrate(ctx, o.Schema); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() error { s.pool.Close(); return nil }
+
+// migrate applies the embedded migrations not yet applied, in one
+// transaction under an advisory lock, so that nodes starting together
+// migrate once.
+func (s *Store) migrate(ctx context.Context, schema string) error {
+	names, err := migrations.ReadDir("migrations")
+	if err != nil {
+		return err
+	}
+	h := fnv.New64a()
+	h.Write([]byte("allot-migrate:" + schema))
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(h.Sum64())); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+		for _, n := range names {
+			var one int
+			err := tx.QueryRow(ctx, `SELECT 1 FROM schema_migrations WHERE version = $1`, n.Name()).Scan(&one)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			b, err := migrations.ReadFile("migrations/" + n.Name())
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, string(b)); err != nil {
+				return fmt.Errorf("postgres: migration %s: %w", n.Name(), err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, n.Name()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Write runs fn in one READ COMMITTED transaction; rows locked FOR UPDATE
+// are re-read at their latest committed version, which is what the engine
+// decides on.
+func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(t pgx.Tx) error { return fn(&tx{q: q{db: t}}) })
+}
+
+// IsRetryable reports deadlocks and serialization failures.
+func (s *Store) IsRetryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// q implements allot.Reader on the pool or a transaction.
+type q struct{ db querier }
+
+func notFound(err error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return allot.ErrNotFound
+	}
+	return err
+}
+
+func (q q) GetResource(ctx context.Context, id string) (allot.Resource, error) {
+	var r allot.Resource
+	var minor, scale sql.NullInt64
+	var cur sql.NullString
+	err := q.db.QueryRow(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at FROM resources WHERE id = $1`, id).
+		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &r.CreatedAt)
+	if err != nil {
+		return r, notFound(err)
+	}
+	r.Price, r.CreatedAt = rowcodec.DecodeMoney(minor, scale, cur), r.CreatedAt.UTC()
+	if r.Kind != allot.KindSlot {
+		return r, nil
+	}
+	rows, err := q.db.Query(ctx, `SELECT s.id, s.starts_at, b.capacity FROM slots s JOIN buckets b ON b.resource_id = s.resource_id AND b.bkey = s.id WHERE s.resource_id = $1 ORDER BY s.id`, id)
+	if err != nil {
+		return r, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s allot.Slot
+		if err := rows.Scan(&s.ID, &s.StartsAt, &s.Capacity); err != nil {
+			return r, err
+		}
+		s.StartsAt = s.StartsAt.UTC()
+		r.Slots = append(r.Slots, s)
+	}
+	return r, rows.Err()
+}
+
+func (q q) Buckets(ctx context.Context, resourceID, fromKey, toKey string) ([]allot.Bucket, error) {
+	query := `SELECT resource_id, bkey, capacity, held, booked FROM buckets WHERE resource_id = $1`
+	args := []any{resourceID}
+	if fromKey != "" || toKey != "" {
+		query += ` AND bkey >= $2 AND bkey < $3`
+		args = append(args, fromKey, toKey)
+	}
+	return q.buckets(ctx, query+` ORDER BY bkey`, args...)
+}
+
+func (q q) buckets(ctx context.Context, query string, args ...any) ([]allot.Bucket, error) {
+	rows, err := q.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Bucket
+	for rows.Next() {
+		var b allot.Bucket
+		if err := rows.Scan(&b.ResourceID, &b.Key, &b.Capacity, &b.Held, &b.Booked); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+const holdCols = `id, status, customer_id, expires_at, created_at, order_id, lines`
+
+func scanHold(sc pgx.Row) (allot.Hold, error) {
+	var h allot.Hold
+	var lines string
+	if err := sc.Scan(&h.ID, &h.Status, &h.CustomerID, &h.ExpiresAt, &h.CreatedAt, &h.OrderID, &lines); err != nil {
+		return h, notFound(err)
+	}
+	h.ExpiresAt, h.CreatedAt = h.ExpiresAt.UTC(), h.CreatedAt.UTC()
+	var err error
+	h.Lines, err = rowcodec.DecodeLines[allot.Line](lines)
+	return h, err
+}
+
+func (q q) GetHold(ctx context.Context, id string) (allot.Hold, error) {
+	return scanHold(q.db.QueryRow(ctx, `SELECT `+holdCols+` FROM holds WHERE id = $1`, id))
+}
+
+const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at`
+
+func scanOrder(sc pgx.Row) (allot.Order, error) {
+	var o allot.Order
+	var lines string
+	var minor, scale sql.NullInt64
+	var cur sql.NullString
+	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &o.CreatedAt, &o.UpdatedAt); err != nil {
+		return o, notFound(err)
+	}
+	o.Total, o.CreatedAt, o.UpdatedAt = rowcodec.DecodeMoney(minor, scale, cur), o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	var err error
+	o.Lines, err = rowcodec.DecodeLines[allot.OrderLine](lines)
+	return o, err
+}
+
+func (q q) history(ctx context.Context, o *allot.Order) error {
+	rows, err := q.db.Query(ctx, `SELECT from_status, to_status, cause, at FROM order_transitions WHERE order_id = $1 ORDER BY seq`, o.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	o.History = nil
+	for rows.Next() {
+		var t allot.Transition
+		if err := rows.Scan(&t.From, &t.To, &t.Cause, &t.At); err != nil {
+			return err
+		}
+		t.At = t.At.UTC()
+		o.History = append(o.History, t)
+	}
+	return rows.Err()
+}
+
+func (q q) GetOrder(ctx context.Context, id string) (allot.Order, error) {
+	o, err := scanOrder(q.db.QueryRow(ctx, `SELECT `+orderCols+` FROM orders WHERE id = $1`, id))
+	if err != nil {
+		return o, err
+	}
+	return o, q.history(ctx, &o)
+}
+
+func (q q) ListOrders(ctx context.Context, f allot.OrderFilter) ([]allot.Order, error) {
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.CustomerID != "" {
+		add("customer_id = $%d", f.CustomerID)
+	}
+	if f.Status != "" {
+		add("status = $%d", string(f.Status))
+	}
+	if f.AfterID != "" {
+		add("id > $%d", f.AfterID)
+	}
+	query := `SELECT ` + orderCols + ` FROM orders`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	args = append(args, f.Limit)
+	rows, err := q.db.Query(ctx, query+fmt.Sprintf(` ORDER BY id LIMIT $%d`, len(args)), args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []allot.Order
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, o)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if err := q.history(ctx, &out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (q q) claims(ctx context.Context, query string, args ...any) ([]allot.Claim, error) {
+	rows, err := q.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Claim
+	for rows.Next() {
+		var c allot.Claim
+		if err := rows.Scan(&c.OwnerID, &c.ResourceID, &c.Key, &c.Kind, &c.Quantity); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error) {
+	return q.claims(ctx, `SELECT owner_id, resource_id, bkey, kind, quantity FROM claims WHERE resource_id = $1 ORDER BY bkey, owner_id`, resourceID)
+}
+
+func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
+	rows, err := q.db.Query(ctx, `SELECT seq, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Event
+	for rows.Next() {
+		var e allot.Event
+		var payload string
+		if err := rows.Scan(&e.Seq, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &e.At, &payload); err != nil {
+			return nil, err
+		}
+		e.At, e.Payload = e.At.UTC(), []byte(payload)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (q q) ExpiredHolds(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	rows, err := q.db.Query(ctx, `SELECT h.id FROM holds h
+		WHERE ((h.status = 'active' AND h.expires_at <= $1) OR h.status = 'expired')
+		  AND EXISTS (SELECT 1 FROM claims c WHERE c.owner_id = h.id)
+		ORDER BY h.expires_at LIMIT $2`, now, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// ClaimIdempotencyKey claims key for an in-flight request (see allot.Store).
+// A concurrent claim of the same key waits on the unique index until the
+// first commits, then sees it.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClaim, staleAfter time.Duration) (*allot.IdempotencyRecord, error) {
+	var rec *allot.IdempotencyRecord
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (key, hash, token, claimed_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING`, c.Key, c.Hash, c.Token, c.At)
+		if err != nil || tag.RowsAffected() == 1 {
+			return err
+		}
+		r := allot.IdempotencyRecord{Key: c.Key}
+		err = tx.QueryRow(ctx, `SELECT hash, token, done, status, body, claimed_at FROM idempotency_keys WHERE key = $1 FOR UPDATE`, c.Key).
+			Scan(&r.Hash, &r.Token, &r.Done, &r.Status, &r.Body, &r.ClaimedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("idempotency key %q vanished while claiming it; retry", c.Key)
+		}
+		if err != nil {
+			return err
+		}
+		if !r.Done && r.Hash == c.Hash && c.At.Sub(r.ClaimedAt) > staleAfter {
+			_, err = tx.Exec(ctx, `UPDATE idempotency_keys SET token = $1, claimed_at = $2 WHERE key = $3`, c.Token, c.At, c.Key)
+			return err
+		}
+		rec = &r
+		return nil
+	})
+	return rec, err
+}
+
+// ReleaseIdempotencyKey forgets an in-flight claim.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, token string) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM idempotency_keys WHERE key = $1 AND token = $2 AND NOT done`, key, token)
+	return err
+}
+
+// DeleteIdempotencyKeysBefore forgets keys claimed before t.
+func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (int, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM idempotency_keys WHERE claimed_at < $1`, t)
+	return int(tag.RowsAffected()), err
+}
+
+// tx is one write transaction.
+type tx struct{ q }
+
+var _ allot.Tx = (*tx)(nil)
+
+func (t *tx) InsertResource(ctx context.Context, r allot.Resource) error {
+	minor, scale, cur := rowcodec.Money(r.Price)
+	// ON CONFLICT rather than catching 23505: an error would abort the
+	// transaction, and the engine commits refusals.
+	tag, err := t.db.Exec(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
+		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, r.CreatedAt)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return allot.ErrConflict
+	}
+	if r.Kind == allot.KindStock {
+		_, err = t.db.Exec(ctx, `INSERT INTO buckets (resource_id, bkey, capacity) VALUES ($1, $2, $3)`, r.ID, allot.StockKey, r.Capacity)
+		return err
+	}
+	for _, s := range r.Slots {
+		if err := t.InsertSlot(ctx, r.ID, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) InsertSlot(ctx context.Context, resourceID string, s allot.Slot) error {
+	tag, err := t.db.Exec(ctx, `INSERT INTO slots (resource_id, id, starts_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, resourceID, s.ID, s.StartsAt)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return allot.ErrConflict
+	}
+	_, err = t.db.Exec(ctx, `INSERT INTO buckets (resource_id, bkey, capacity) VALUES ($1, $2, $3)`, resourceID, s.ID, s.Capacity)
+	return err
+}
+
+// LockBuckets creates missing nightly buckets, then locks all in key order.
+// The insert goes first and in key order too: a transaction that waits on
+// another's uncommitted new bucket holds no bucket lock yet, so no cycle.
+func (t *tx) LockBuckets(ctx context.Context, specs []allot.BucketSpec) ([]allot.Bucket, error) {
+	var cr, ck []string
+	var cc []int32
+	rs, ks := make([]string, len(specs)), make([]string, len(specs))
+	for i, s := range specs {
+		rs[i], ks[i] = s.ResourceID, s.Key
+		if s.Create {
+			cr, ck, cc = append(cr, s.ResourceID), append(ck, s.Key), append(cc, int32(s.DefaultCapacity))
+		}
+	}
+	if len(cr) > 0 {
+		if _, err := t.db.Exec(ctx, `INSERT INTO buckets (resource_id, bkey, capacity)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) ORDER BY 1, 2 ON CONFLICT DO NOTHING`, cr, ck, cc); err != nil {
+			return nil, err
+		}
+	}
+	// ORDER BY sorts before the rows are locked, so locks are taken in order.
+	return t.buckets(ctx, `SELECT b.resource_id, b.bkey, b.capacity, b.held, b.booked FROM buckets b
+		JOIN unnest($1::text[], $2::text[]) AS k(r, k) ON b.resource_id = k.r AND b.bkey = k.k
+		ORDER BY b.resource_id, b.bkey FOR UPDATE OF b`, rs, ks)
+}
+
+func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
+	if len(bs) == 0 {
+		return nil
+	}
+	rs, ks := make([]string, len(bs)), make([]string, len(bs))
+	cs, hs, bks := make([]int32, len(bs)), make([]int32, len(bs)), make([]int32, len(bs))
+	for i, b := range bs {
+		rs[i], ks[i], cs[i], hs[i], bks[i] = b.ResourceID, b.Key, int32(b.Capacity), int32(b.Held), int32(b.Booked)
+	}
+	_, err := t.db.Exec(ctx, `UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
+		FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[]) AS v(r, k, c, h, bk)
+		WHERE b.resource_id = v.r AND b.bkey = v.k`, rs, ks, cs, hs, bks)
+	return err
+}
+
+func claimArrays(cs []allot.Claim) (os, rs, ks, kinds []string, qs []int32) {
+	for _, c := range cs {
+		os, rs, ks = append(os, c.OwnerID), append(rs, c.ResourceID), append(ks, c.Key)
+		kinds, qs = append(kinds, string(c.Kind)), append(qs, int32(c.Quantity))
+	}
+	return
+}
+
+func (t *tx) AddClaims(ctx context.Context, cs []allot.Claim) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	os, rs, ks, kinds, qs := claimArrays(cs)
+	_, err := t.db.Exec(ctx, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])`, os, rs, ks, kinds, qs)
+	return err
+}
+
+func (t *tx) OwnerClaims(ctx context.Context, ownerID string) ([]allot.Claim, error) {
+	return t.claims(ctx, `SELECT owner_id, resource_id, bkey, kind, quantity FROM claims WHERE owner_id = $1 ORDER BY resource_id, bkey`, ownerID)
+}
+
+func (t *tx) DeleteClaims(ctx context.Context, cs []allot.Claim) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	os, rs, ks, _, _ := claimArrays(cs)
+	_, err := t.db.Exec(ctx, `DELETE FROM claims c USING unnest($1::text[], $2::text[], $3::text[]) AS v(o, r, k)
+		WHERE c.owner_id = v.o AND c.resource_id = v.r AND c.bkey = v.k`, os, rs, ks)
+	return err
+}
+
+func (t *tx) MoveClaims(ctx context.Context, from, to string, k allot.ClaimKind) error {
+	_, err := t.db.Exec(ctx, `UPDATE claims SET owner_id = $1, kind = $2 WHERE owner_id = $3`, to, string(k), from)
+	return err
+}
+
+func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now time.Time) ([]allot.Claim, error) {
+	rs, ks := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		rs[i], ks[i] = k.ResourceID, k.Key
+	}
+	return t.claims(ctx, `SELECT c.owner_id, c.resource_id, c.bkey, c.kind, c.quantity
+		FROM claims c JOIN unnest($1::text[], $2::text[]) AS k(r, k) ON c.resource_id = k.r AND c.bkey = k.k
+		JOIN holds h ON h.id = c.owner_id
+		WHERE c.kind = 'held' AND (h.status = 'expired' OR (h.status = 'active' AND h.expires_at <= $3))
+		ORDER BY c.resource_id, c.bkey, c.owner_id`, rs, ks, now)
+}
+
+func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
+	_, err := t.db.Exec(ctx, `INSERT INTO holds (`+holdCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		h.ID, string(h.Status), h.CustomerID, h.ExpiresAt, h.CreatedAt, h.OrderID, rowcodec.Lines(h.Lines))
+	return err
+}
+
+func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, orderID string) error {
+	tag, err := t.db.Exec(ctx, `UPDATE holds SET status = $1, order_id = $2 WHERE id = $3`, string(st), orderID, id)
+	if err == nil && tag.RowsAffected() == 0 {
+		return allot.ErrNotFound
+	}
+	return err
+}
+
+func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) {
+	return scanHold(t.db.QueryRow(ctx, `SELECT `+holdCols+` FROM holds WHERE id = $1 FOR UPDATE`, id))
+}
+
+func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
+	minor, scale, cur := rowcodec.Money(o.Total)
+	_, err := t.db.Exec(ctx, `INSERT INTO orders (`+orderCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, o.CreatedAt, o.UpdatedAt)
+	if err != nil {
+		return err
+	}
+	for i, h := range o.History {
+		if err := t.transition(ctx, o.ID, i+1, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) transition(ctx context.Context, orderID string, seq int, tr allot.Transition) error {
+	_, err := t.db.Exec(ctx, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		orderID, seq, string(tr.From), string(tr.To), tr.Cause, tr.At)
+	return err
+}
+
+func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) {
+	o, err := scanOrder(t.db.QueryRow(ctx, `SELECT `+orderCols+` FROM orders WHERE id = $1 FOR UPDATE`, id))
+	if err != nil {
+		return o, err
+	}
+	return o, t.history(ctx, &o)
+}
+
+func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition) error {
+	tag, err := t.db.Exec(ctx, `UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3`, string(tr.To), tr.At, id)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return allot.ErrNotFound
+	}
+	_, err = t.db.Exec(ctx, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at)
+		SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_transitions WHERE order_id = $1`,
+		id, string(tr.From), string(tr.To), tr.Cause, tr.At)
+	return err
+}
+
+func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
+	if len(es) == 0 {
+		return nil
+	}
+	ids, types, rs, os, hs, payloads := make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es))
+	ats := make([]time.Time, len(es))
+	for i, e := range es {
+		ids[i], types[i], rs[i], os[i], hs[i], ats[i], payloads[i] = e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, e.At, string(e.Payload)
+	}
+	_, err := t.db.Exec(ctx, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
+		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
+		ids, types, rs, os, hs, ats, payloads)
+	return err
+}
+
+func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error {
+	tag, err := t.db.Exec(ctx, `UPDATE idempotency_keys SET done = true, status = $1, body = $2 WHERE key = $3 AND token = $4 AND NOT done`, status, body, key, token)
+	if err == nil && tag.RowsAffected() == 0 {
+		return allot.ErrIdempotencyLost
+	}
+	return err
+}

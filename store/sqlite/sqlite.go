@@ -1,0 +1,624 @@
+// Package sqlite is Allot's embedded store: one SQLite file, no server.
+//
+// It uses modernc.org/sqlite (pure Go, no cgo) in WAL mode with
+// synchronous=FULL, so a committed write survives power loss. SQLite has one
+// writer at a time: writes go through a pool of one connection that begins
+// with BEGIN IMMEDIATE, so a write transaction holds the write lock from its
+// first statement and never fails half-way on a lock upgrade; reads use a
+// separate pool and see the last committed state (WAL readers don't block).
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is the SQLite store.
+type Store struct {
+	q
+	w *sql.DB // one connection: the single writer
+	r *sql.DB
+}
+
+var _ allot.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database file at path and migrates it.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("sqlite: creating %s: %w", dir, err)
+		}
+	}
+	dsn := func(txlock string) string {
+		v := url.Values{}
+		for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
+			v.Add("_pragma", p)
+		}
+		v.Set("_txlock", txlock)
+		return "file:" + path + "?" + v.Encode()
+	}
+	w, err := sql.Open("sqlite", dsn("immediate"))
+	if err != nil {
+		return nil, err
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	r, err := sql.Open("sqlite", dsn("deferred"))
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	r.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
+	s := &Store{q: q{db: r}, w: w, r: r}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return errors.Join(s.w.Close(), s.r.Close()) }
+
+// migrate applies the embedded migrations not yet applied, each in the one
+// write transaction (SQLite DDL is transactional).
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := migrations.ReadDir("migrations")
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+			return err
+		}
+		for _, n := range names {
+			var one int
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM schema_migrations WHERE version = ?`, n.Name()).Scan(&one)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			b, err := migrations.ReadFile("migrations/" + n.Name())
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, string(b)); err != nil {
+				return fmt.Errorf("sqlite: migration %s: %w", n.Name(), err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, n.Name(), micros(time.Now())); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Write runs fn in one write transaction.
+func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
+	return s.write(ctx, func(t *sql.Tx) error { return fn(&tx{q: q{db: t}}) })
+}
+
+// IsRetryable reports a busy or locked database (another process writing).
+func (s *Store) IsRetryable(err error) bool {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		c := e.Code() & 0xff
+		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
+	}
+	return false
+}
+
+func micros(t time.Time) int64 { return t.UnixMicro() }
+func fromMicros(v int64) time.Time {
+	return time.UnixMicro(v).UTC()
+}
+
+// querier is what both *sql.DB and *sql.Tx offer.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// q implements allot.Reader on a pool or a transaction.
+type q struct{ db querier }
+
+func notFound(err error) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return allot.ErrNotFound
+	}
+	return err
+}
+
+func (q q) GetResource(ctx context.Context, id string) (allot.Resource, error) {
+	var r allot.Resource
+	var minor, scale sql.NullInt64
+	var cur sql.NullString
+	var created int64
+	err := q.db.QueryRowContext(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at FROM resources WHERE id = ?`, id).
+		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &created)
+	if err != nil {
+		return r, notFound(err)
+	}
+	r.Price, r.CreatedAt = rowcodec.DecodeMoney(minor, scale, cur), fromMicros(created)
+	if r.Kind != allot.KindSlot {
+		return r, nil
+	}
+	rows, err := q.db.QueryContext(ctx, `SELECT s.id, s.starts_at, b.capacity FROM slots s JOIN buckets b ON b.resource_id = s.resource_id AND b.bkey = s.id WHERE s.resource_id = ? ORDER BY s.id`, id)
+	if err != nil {
+		return r, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s allot.Slot
+		var at int64
+		if err := rows.Scan(&s.ID, &at, &s.Capacity); err != nil {
+			return r, err
+		}
+		s.StartsAt = fromMicros(at)
+		r.Slots = append(r.Slots, s)
+	}
+	return r, rows.Err()
+}
+
+func (q q) Buckets(ctx context.Context, resourceID, fromKey, toKey string) ([]allot.Bucket, error) {
+	query := `SELECT resource_id, bkey, capacity, held, booked FROM buckets WHERE resource_id = ?`
+	args := []any{resourceID}
+	if fromKey != "" || toKey != "" {
+		query += ` AND bkey >= ? AND bkey < ?`
+		args = append(args, fromKey, toKey)
+	}
+	return q.buckets(ctx, query+` ORDER BY bkey`, args...)
+}
+
+func (q q) buckets(ctx context.Context, query string, args ...any) ([]allot.Bucket, error) {
+	rows, err := q.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Bucket
+	for rows.Next() {
+		var b allot.Bucket
+		if err := rows.Scan(&b.ResourceID, &b.Key, &b.Capacity, &b.Held, &b.Booked); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+const holdCols = `id, status, customer_id, expires_at, created_at, order_id, lines`
+
+func scanHold(sc interface{ Scan(...any) error }) (allot.Hold, error) {
+	var h allot.Hold
+	var exp, created int64
+	var lines string
+	if err := sc.Scan(&h.ID, &h.Status, &h.CustomerID, &exp, &created, &h.OrderID, &lines); err != nil {
+		return h, notFound(err)
+	}
+	h.ExpiresAt, h.CreatedAt = fromMicros(exp), fromMicros(created)
+	var err error
+	h.Lines, err = rowcodec.DecodeLines[allot.Line](lines)
+	return h, err
+}
+
+func (q q) GetHold(ctx context.Context, id string) (allot.Hold, error) {
+	return scanHold(q.db.QueryRowContext(ctx, `SELECT `+holdCols+` FROM holds WHERE id = ?`, id))
+}
+
+const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at`
+
+func scanOrder(sc interface{ Scan(...any) error }) (allot.Order, error) {
+	var o allot.Order
+	var lines string
+	var minor, scale sql.NullInt64
+	var cur sql.NullString
+	var created, updated int64
+	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &created, &updated); err != nil {
+		return o, notFound(err)
+	}
+	o.Total, o.CreatedAt, o.UpdatedAt = rowcodec.DecodeMoney(minor, scale, cur), fromMicros(created), fromMicros(updated)
+	var err error
+	o.Lines, err = rowcodec.DecodeLines[allot.OrderLine](lines)
+	return o, err
+}
+
+func (q q) history(ctx context.Context, o *allot.Order) error {
+	rows, err := q.db.QueryContext(ctx, `SELECT from_status, to_status, cause, at FROM order_transitions WHERE order_id = ? ORDER BY seq`, o.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	o.History = nil
+	for rows.Next() {
+		var t allot.Transition
+		var at int64
+		if err := rows.Scan(&t.From, &t.To, &t.Cause, &at); err != nil {
+			return err
+		}
+		t.At = fromMicros(at)
+		o.History = append(o.History, t)
+	}
+	return rows.Err()
+}
+
+func (q q) GetOrder(ctx context.Context, id string) (allot.Order, error) {
+	o, err := scanOrder(q.db.QueryRowContext(ctx, `SELECT `+orderCols+` FROM orders WHERE id = ?`, id))
+	if err != nil {
+		return o, err
+	}
+	return o, q.history(ctx, &o)
+}
+
+func (q q) ListOrders(ctx context.Context, f allot.OrderFilter) ([]allot.Order, error) {
+	var where []string
+	var args []any
+	if f.CustomerID != "" {
+		where, args = append(where, "customer_id = ?"), append(args, f.CustomerID)
+	}
+	if f.Status != "" {
+		where, args = append(where, "status = ?"), append(args, string(f.Status))
+	}
+	if f.AfterID != "" {
+		where, args = append(where, "id > ?"), append(args, f.AfterID)
+	}
+	query := `SELECT ` + orderCols + ` FROM orders`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	rows, err := q.db.QueryContext(ctx, query+` ORDER BY id LIMIT ?`, append(args, f.Limit)...)
+	if err != nil {
+		return nil, err
+	}
+	var out []allot.Order
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, o)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if err := q.history(ctx, &out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (q q) claims(ctx context.Context, query string, args ...any) ([]allot.Claim, error) {
+	rows, err := q.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Claim
+	for rows.Next() {
+		var c allot.Claim
+		if err := rows.Scan(&c.OwnerID, &c.ResourceID, &c.Key, &c.Kind, &c.Quantity); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error) {
+	return q.claims(ctx, `SELECT owner_id, resource_id, bkey, kind, quantity FROM claims WHERE resource_id = ? ORDER BY bkey, owner_id`, resourceID)
+}
+
+func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
+	rows, err := q.db.QueryContext(ctx, `SELECT seq, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.Event
+	for rows.Next() {
+		var e allot.Event
+		var at int64
+		var payload string
+		if err := rows.Scan(&e.Seq, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &at, &payload); err != nil {
+			return nil, err
+		}
+		e.At, e.Payload = fromMicros(at), []byte(payload)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (q q) ExpiredHolds(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	rows, err := q.db.QueryContext(ctx, `SELECT h.id FROM holds h
+		WHERE ((h.status = 'active' AND h.expires_at <= ?) OR h.status = 'expired')
+		  AND EXISTS (SELECT 1 FROM claims c WHERE c.owner_id = h.id)
+		ORDER BY h.expires_at LIMIT ?`, micros(now), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// ClaimIdempotencyKey claims key for an in-flight request (see allot.Store).
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClaim, staleAfter time.Duration) (*allot.IdempotencyRecord, error) {
+	var rec *allot.IdempotencyRecord
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		r := allot.IdempotencyRecord{Key: c.Key}
+		var done int
+		var at int64
+		err := tx.QueryRowContext(ctx, `SELECT hash, token, done, status, body, claimed_at FROM idempotency_keys WHERE key = ?`, c.Key).
+			Scan(&r.Hash, &r.Token, &done, &r.Status, &r.Body, &at)
+		if errors.Is(err, sql.ErrNoRows) {
+			_, err = tx.ExecContext(ctx, `INSERT INTO idempotency_keys (key, hash, token, claimed_at) VALUES (?, ?, ?, ?)`, c.Key, c.Hash, c.Token, micros(c.At))
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		r.Done, r.ClaimedAt = done == 1, fromMicros(at)
+		if !r.Done && r.Hash == c.Hash && c.At.Sub(r.ClaimedAt) > staleAfter {
+			_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET token = ?, claimed_at = ? WHERE key = ?`, c.Token, micros(c.At), c.Key)
+			return err
+		}
+		rec = &r
+		return nil
+	})
+	return rec, err
+}
+
+// ReleaseIdempotencyKey forgets an in-flight claim.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, token string) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE key = ? AND token = ? AND done = 0`, key, token)
+	return err
+}
+
+// DeleteIdempotencyKeysBefore forgets keys claimed before t.
+func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (int, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE claimed_at < ?`, micros(t))
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
+
+// tx is one write transaction. SQLite has one writer, so the transaction
+// holds the database's write lock: every row it reads is locked.
+type tx struct{ q }
+
+var _ allot.Tx = (*tx)(nil)
+
+func isConflict(err error) bool {
+	var e *sqlite.Error
+	return errors.As(err, &e) && (e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE)
+}
+
+func (t *tx) InsertResource(ctx context.Context, r allot.Resource) error {
+	minor, scale, cur := rowcodec.Money(r.Price)
+	_, err := t.db.ExecContext(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, micros(r.CreatedAt))
+	if isConflict(err) {
+		return allot.ErrConflict
+	}
+	if err != nil {
+		return err
+	}
+	if r.Kind == allot.KindStock {
+		_, err = t.db.ExecContext(ctx, `INSERT INTO buckets (resource_id, bkey, capacity) VALUES (?, ?, ?)`, r.ID, allot.StockKey, r.Capacity)
+		return err
+	}
+	for _, s := range r.Slots {
+		if err := t.InsertSlot(ctx, r.ID, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) InsertSlot(ctx context.Context, resourceID string, s allot.Slot) error {
+	_, err := t.db.ExecContext(ctx, `INSERT INTO slots (resource_id, id, starts_at) VALUES (?, ?, ?)`, resourceID, s.ID, micros(s.StartsAt))
+	if isConflict(err) {
+		return allot.ErrConflict
+	}
+	if err != nil {
+		return err
+	}
+	_, err = t.db.ExecContext(ctx, `INSERT INTO buckets (resource_id, bkey, capacity) VALUES (?, ?, ?)`, resourceID, s.ID, s.Capacity)
+	return err
+}
+
+func (t *tx) LockBuckets(ctx context.Context, specs []allot.BucketSpec) ([]allot.Bucket, error) {
+	out := make([]allot.Bucket, 0, len(specs))
+	for _, s := range specs {
+		if s.Create {
+			if _, err := t.db.ExecContext(ctx, `INSERT INTO buckets (resource_id, bkey, capacity) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, s.ResourceID, s.Key, s.DefaultCapacity); err != nil {
+				return nil, err
+			}
+		}
+		b := allot.Bucket{BucketKey: s.BucketKey}
+		err := t.db.QueryRowContext(ctx, `SELECT capacity, held, booked FROM buckets WHERE resource_id = ? AND bkey = ?`, s.ResourceID, s.Key).Scan(&b.Capacity, &b.Held, &b.Booked)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
+	for _, b := range bs {
+		if _, err := t.db.ExecContext(ctx, `UPDATE buckets SET capacity = ?, held = ?, booked = ? WHERE resource_id = ? AND bkey = ?`, b.Capacity, b.Held, b.Booked, b.ResourceID, b.Key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) AddClaims(ctx context.Context, cs []allot.Claim) error {
+	for _, c := range cs {
+		if _, err := t.db.ExecContext(ctx, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity) VALUES (?, ?, ?, ?, ?)`, c.OwnerID, c.ResourceID, c.Key, string(c.Kind), c.Quantity); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) OwnerClaims(ctx context.Context, ownerID string) ([]allot.Claim, error) {
+	return t.claims(ctx, `SELECT owner_id, resource_id, bkey, kind, quantity FROM claims WHERE owner_id = ? ORDER BY resource_id, bkey`, ownerID)
+}
+
+func (t *tx) DeleteClaims(ctx context.Context, cs []allot.Claim) error {
+	for _, c := range cs {
+		if _, err := t.db.ExecContext(ctx, `DELETE FROM claims WHERE owner_id = ? AND resource_id = ? AND bkey = ?`, c.OwnerID, c.ResourceID, c.Key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) MoveClaims(ctx context.Context, from, to string, k allot.ClaimKind) error {
+	_, err := t.db.ExecContext(ctx, `UPDATE claims SET owner_id = ?, kind = ? WHERE owner_id = ?`, to, string(k), from)
+	return err
+}
+
+func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now time.Time) ([]allot.Claim, error) {
+	var out []allot.Claim
+	for _, k := range keys {
+		cs, err := t.claims(ctx, `SELECT c.owner_id, c.resource_id, c.bkey, c.kind, c.quantity FROM claims c JOIN holds h ON h.id = c.owner_id
+			WHERE c.resource_id = ? AND c.bkey = ? AND c.kind = 'held' AND (h.status = 'expired' OR (h.status = 'active' AND h.expires_at <= ?))
+			ORDER BY c.owner_id`, k.ResourceID, k.Key, micros(now))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
+}
+
+func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
+	_, err := t.db.ExecContext(ctx, `INSERT INTO holds (`+holdCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		h.ID, string(h.Status), h.CustomerID, micros(h.ExpiresAt), micros(h.CreatedAt), h.OrderID, rowcodec.Lines(h.Lines))
+	return err
+}
+
+func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, orderID string) error {
+	res, err := t.db.ExecContext(ctx, `UPDATE holds SET status = ?, order_id = ? WHERE id = ?`, string(st), orderID, id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return allot.ErrNotFound
+	}
+	return nil
+}
+
+func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) { return t.GetHold(ctx, id) }
+
+func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
+	minor, scale, cur := rowcodec.Money(o.Total)
+	_, err := t.db.ExecContext(ctx, `INSERT INTO orders (`+orderCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, micros(o.CreatedAt), micros(o.UpdatedAt))
+	if err != nil {
+		return err
+	}
+	for i, h := range o.History {
+		if err := t.transition(ctx, o.ID, i+1, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) transition(ctx context.Context, orderID string, seq int, tr allot.Transition) error {
+	_, err := t.db.ExecContext(ctx, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at) VALUES (?, ?, ?, ?, ?, ?)`,
+		orderID, seq, string(tr.From), string(tr.To), tr.Cause, micros(tr.At))
+	return err
+}
+
+func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) { return t.GetOrder(ctx, id) }
+
+func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition) error {
+	res, err := t.db.ExecContext(ctx, `UPDATE orders SET status = ?, updated_at = ? WHERE id = ?`, string(tr.To), micros(tr.At), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return allot.ErrNotFound
+	}
+	var seq int
+	if err := t.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM order_transitions WHERE order_id = ?`, id).Scan(&seq); err != nil {
+		return err
+	}
+	return t.transition(ctx, id, seq, tr)
+}
+
+func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
+	for _, e := range es {
+		if _, err := t.db.ExecContext(ctx, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error {
+	res, err := t.db.ExecContext(ctx, `UPDATE idempotency_keys SET done = 1, status = ?, body = ? WHERE key = ? AND token = ? AND done = 0`, status, body, key, token)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return allot.ErrIdempotencyLost
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package allot
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DateLayout is the wire form of a date (seed 000 wanted exactly this).
+const DateLayout = "2006-01-02"
+
+// Date is a civil date without time zone, YYYY-MM-DD on the wire.
+type Date struct{ t time.Time }
+
+// ParseDate parses YYYY-MM-DD strictly.
+func ParseDate(s string) (Date, error) {
+	t, err := time.Parse(DateLayout, s)
+	if err != nil {
+		return Date{}, fmt.Errorf("%q is not a date of the form YYYY-MM-DD", s)
+	}
+	return Date{t}, nil
+}
+
+// MustDate parses s or panics; for tests and constants.
+func MustDate(s string) Date {
+	d, err := ParseDate(s)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+func (d Date) String() string     { return d.t.Format(DateLayout) }
+func (d Date) AddDays(n int) Date { return Date{d.t.AddDate(0, 0, n)} }
+func (d Date) Before(o Date) bool { return d.t.Before(o.t) }
+func (d Date) IsZero() bool       { return d.t.IsZero() }
+
+// Time is the start of the date in UTC.
+func (d Date) Time() time.Time              { return d.t }
+func (d Date) DaysUntil(o Date) int         { return int(o.t.Sub(d.t).Hours() / 24) }
+func (d Date) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func (d *Date) UnmarshalText(b []byte) error {
+	p, err := ParseDate(string(b))
+	if err != nil {
+		return err
+	}
+	*d = p
+	return nil
+}
+
+// Nights lists the nights of a stay: check-in up to, not including, check-out.
+func Nights(checkIn, checkOut Date) []string {
+	n := checkIn.DaysUntil(checkOut)
+	out := make([]string, 0, max(n, 0))
+	for i := 0; i < n; i++ {
+		out = append(out, checkIn.AddDays(i).String())
+	}
+	return out
+}
+
+// Money is an exact decimal amount in a currency: Minor units at Scale
+// decimal places (120.00 EUR is {12000, 2, "EUR"}). It never uses floats.
+type Money struct {
+	Minor    int64
+	Scale    int
+	Currency string
+}
+
+// MaxMoneyScale bounds the decimal places an amount may have.
+const MaxMoneyScale = 6
+
+// ParseMoney parses a non-negative decimal string like "120.00" and an ISO
+// 4217-shaped currency code.
+func ParseMoney(amount, currency string) (Money, error) {
+	if len(currency) != 3 || strings.ToUpper(currency) != currency || strings.ContainsFunc(currency, func(r rune) bool { return r < 'A' || r > 'Z' }) {
+		return Money{}, fmt.Errorf("currency %q is not a three-letter upper-case ISO 4217 code", currency)
+	}
+	whole, frac, hasDot := strings.Cut(amount, ".")
+	if whole == "" || len(whole) > 12 || (hasDot && (frac == "" || len(frac) > MaxMoneyScale)) || !digits(whole) || !digits(frac) {
+		return Money{}, fmt.Errorf("amount %q is not a non-negative decimal with at most 12 integer digits and %d decimals, such as \"120.00\"", amount, MaxMoneyScale)
+	}
+	v, _ := strconv.ParseInt(whole+frac, 10, 64)
+	return Money{Minor: v, Scale: len(frac), Currency: currency}, nil
+}
+
+func digits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// Amount formats the decimal amount with its scale.
+func (m Money) Amount() string {
+	s := strconv.FormatInt(m.Minor, 10)
+	if m.Scale == 0 {
+		return s
+	}
+	if len(s) <= m.Scale {
+		s = strings.Repeat("0", m.Scale-len(s)+1) + s
+	}
+	return s[:len(s)-m.Scale] + "." + s[len(s)-m.Scale:]
+}
+
+// Times multiplies by a whole number.
+func (m Money) Times(n int) Money { m.Minor *= int64(n); return m }
+
+// Add adds two amounts of the same currency, keeping the larger scale.
+func (m Money) Add(o Money) (Money, error) {
+	if m.Currency != o.Currency {
+		return Money{}, fmt.Errorf("cannot add %s to %s", o.Currency, m.Currency)
+	}
+	for m.Scale < o.Scale {
+		m.Minor, m.Scale = m.Minor*10, m.Scale+1
+	}
+	for o.Scale < m.Scale {
+		o.Minor, o.Scale = o.Minor*10, o.Scale+1
+	}
+	m.Minor += o.Minor
+	return m, nil
+}
+
+type moneyJSON struct {
+	Amount   string `json:"amount"`
+	Currency string `json:"currency"`
+}
+
+func (m Money) MarshalJSON() ([]byte, error) {
+	return json.Marshal(moneyJSON{m.Amount(), m.Currency})
+}
+
+func (m *Money) UnmarshalJSON(b []byte) error {
+	var j moneyJSON
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fmt.Errorf("price must be {\"amount\": \"120.00\", \"currency\": \"EUR\"}: %v", err)
+	}
+	p, err := ParseMoney(j.Amount, j.Currency)
+	if err != nil {
+		return err
+	}
+	*m = p
+	return nil
+}
