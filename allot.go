@@ -195,7 +195,7 @@ type Order struct {
 	CustomerID string       `json:"customer_id,omitempty"`
 	HoldID     string       `json:"hold_id,omitempty"`
 	Lines      []OrderLine  `json:"lines"`
-	Total      *Money       `json:"total,omitempty"`
+	Total      *Money       `json:"total"`
 	CreatedAt  time.Time    `json:"created_at"`
 	UpdatedAt  time.Time    `json:"updated_at"`
 	History    []Transition `json:"history"`

@@ -585,7 +585,9 @@ func (t *tx) transition(ctx context.Context, orderID string, seq int, tr allot.T
 	return err
 }
 
-func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) { return t.GetOrder(ctx, id) }
+func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) {
+	return t.GetOrder(ctx, id)
+}
 
 func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition) error {
 	res, err := t.db.ExecContext(ctx, `UPDATE orders SET status = ?, updated_at = ? WHERE id = ?`, string(tr.To), micros(tr.At), id)

@@ -769,7 +769,10 @@ func testRaceMixed(t *testing.T, open Opener) {
 		go func() {
 			defer wg.Done()
 			seed := uint64(w*7919 + 1)
-			rnd := func(n int) int { seed = seed*6364136223846793005 + 1442695040888963407; return int((seed >> 33) % uint64(n)) }
+			rnd := func(n int) int {
+				seed = seed*6364136223846793005 + 1442695040888963407
+				return int((seed >> 33) % uint64(n))
+			}
 			for range 25 {
 				day := 1 + rnd(5)
 				lines := []allot.Line{stay("hotel", fmt.Sprintf("2027-09-%02d", day), fmt.Sprintf("2027-09-%02d", day+1+rnd(3)), 1+rnd(2))}
