@@ -186,8 +186,11 @@ func (e *Engine) GetOrder(ctx context.Context, id string) (allot.Order, error) {
 	return o, err
 }
 
-// MaxPage bounds a page of a listing.
-const MaxPage = 200
+// Page sizes of listings.
+const (
+	DefaultPage = 50
+	MaxPage     = 200
+)
 
 // ListOrders lists orders by creation, filtered.
 func (e *Engine) ListOrders(ctx context.Context, f allot.OrderFilter) ([]allot.Order, error) {
@@ -195,7 +198,7 @@ func (e *Engine) ListOrders(ctx context.Context, f allot.OrderFilter) ([]allot.O
 		return nil, allot.Invalid("status", "unknown status %q", f.Status)
 	}
 	if f.Limit == 0 {
-		f.Limit = 50
+		f.Limit = DefaultPage
 	}
 	if f.Limit < 1 || f.Limit > MaxPage {
 		return nil, allot.Invalid("limit", "limit must be between 1 and %d", MaxPage)

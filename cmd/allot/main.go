@@ -1,0 +1,167 @@
+// Command allot is the Allot booking engine: one binary that serves the API
+// and migrates its database.
+//
+//	allot serve   [--addr 127.0.0.1:8080] [--db sqlite:allot-data/allot.db | postgres://...]
+//	allot migrate [--db ...]
+//
+// ALLOT_ADDR, ALLOT_DB and ALLOT_LOG_LEVEL set the same as the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	nethttp "net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/engine"
+	allothttp "github.com/allot/allot/http"
+	"github.com/allot/allot/store/postgres"
+	"github.com/allot/allot/store/sqlite"
+)
+
+const defaultDB = "sqlite:allot-data/allot.db"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+const usage = `allot: a booking engine that sells every unit of capacity at most once.
+
+Usage:
+  allot serve   [--addr HOST:PORT] [--db URL]   serve the API (migrates first)
+  allot migrate [--db URL]                      migrate the database and exit
+
+--db is sqlite:PATH (default sqlite:allot-data/allot.db, nothing to install)
+or postgres://user@host:port/db (several allot processes may share it).
+Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_LOG_LEVEL (debug|info|warn|error).
+`
+
+func run(args []string, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("allot "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", env("ALLOT_ADDR", "127.0.0.1:8080"), "listen address (ALLOT_ADDR)")
+	db := fs.String("db", env("ALLOT_DB", defaultDB), "database URL: sqlite:PATH or postgres://... (ALLOT_DB)")
+	level := fs.String("log-level", env("ALLOT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (ALLOT_LOG_LEVEL)")
+	if cmd != "serve" && cmd != "migrate" {
+		fmt.Fprintf(stderr, "allot: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "allot: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	store, err := openStore(ctx, *db)
+	if err != nil {
+		log.Error("opening the database", "db", redact(*db), "err", err)
+		return 1
+	}
+	defer store.Close()
+	log.Info("database ready, schema migrated", "db", redact(*db))
+	if cmd == "migrate" {
+		return 0
+	}
+	if err := serve(ctx, log, store, *addr); err != nil {
+		log.Error("serving", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// openStore opens the store a database URL names.
+func openStore(ctx context.Context, url string) (allot.Store, error) {
+	switch {
+	case strings.HasPrefix(url, "sqlite:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(url, "sqlite:"), "//")
+		if path == "" {
+			return nil, errors.New("sqlite: URL names no file; use sqlite:PATH")
+		}
+		return sqlite.Open(ctx, path)
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return postgres.Open(ctx, url, postgres.Options{})
+	}
+	return nil, fmt.Errorf("unsupported database URL %q: use sqlite:PATH or postgres://...", redact(url))
+}
+
+// redact hides a password in a database URL before it is logged.
+func redact(url string) string {
+	if at := strings.LastIndex(url, "@"); at > 0 {
+		if scheme := strings.Index(url, "://"); scheme > 0 {
+			if colon := strings.Index(url[scheme+3:at], ":"); colon >= 0 {
+				return url[:scheme+3+colon+1] + "xxxxx" + url[at:]
+			}
+		}
+	}
+	return url
+}
+
+// serve runs the API until ctx ends, then drains in-flight requests: each
+// one either commits and is answered, or did not happen.
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string) error {
+	eng := engine.New(store, engine.Options{Logger: log})
+	srv := &nethttp.Server{
+		Handler:           allothttp.New(eng, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	defer stopSweep()
+	go eng.RunSweeper(sweepCtx, time.Second)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("allot serving", "addr", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining in-flight requests")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("draining: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

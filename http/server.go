@@ -1,0 +1,307 @@
+// Package http is Allot's REST API: JSON in, JSON out, every error an RFC
+// 9457 problem, every POST idempotent under an Idempotency-Key header.
+package http
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	nethttp "net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/engine"
+)
+
+// MaxBody bounds a request body.
+const MaxBody = 1 << 20
+
+// IdempotencyStaleAfter is how long an in-flight Idempotency-Key claim
+// blocks repeats before a repeat may take it over (the first request is then
+// presumed dead; if it is not, its transaction rolls back).
+const IdempotencyStaleAfter = time.Minute
+
+//go:embed openapi.json
+var openapi []byte
+
+// Server serves the API.
+type Server struct {
+	eng *engine.Engine
+	log *slog.Logger
+	mux *nethttp.ServeMux
+}
+
+// New returns the API on eng.
+func New(eng *engine.Engine, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{eng: eng, log: log, mux: nethttp.NewServeMux()}
+	for _, r := range s.routes() {
+		s.mux.Handle(r.pattern, r.h)
+	}
+	return s
+}
+
+type route struct {
+	pattern string
+	h       nethttp.Handler
+}
+
+// routes is the API; the OpenAPI document must describe exactly these.
+func (s *Server) routes() []route {
+	return []route{
+		{"GET /healthz", nethttp.HandlerFunc(s.health)},
+		{"GET /v1/openapi.json", nethttp.HandlerFunc(serveOpenAPI)},
+		{"POST /v1/resources", s.handle(201, s.createResource)},
+		{"GET /v1/resources/{id}", s.handle(200, s.getResource)},
+		{"PUT /v1/resources/{id}/capacity", s.handle(200, s.setCapacity)},
+		{"POST /v1/resources/{id}/slots", s.handle(201, s.addSlot)},
+		{"GET /v1/resources/{id}/availability", s.handle(200, s.availability)},
+		{"POST /v1/holds", s.handle(201, s.createHold)},
+		{"GET /v1/holds/{id}", s.handle(200, s.getHold)},
+		{"DELETE /v1/holds/{id}", s.handle(204, s.releaseHold)},
+		{"POST /v1/orders", s.handle(201, s.createOrder)},
+		{"GET /v1/orders", s.handle(200, s.listOrders)},
+		{"GET /v1/orders/{id}", s.handle(200, s.getOrder)},
+		{"POST /v1/orders/{id}/cancel", s.handle(200, s.cancelOrder)},
+	}
+}
+
+// ServeHTTP serves a request, turning the mux's own 404 and 405 into
+// problems and a panic into a 500 problem.
+func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.ErrorContext(r.Context(), "panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+			if sw.status == 0 {
+				writeBody(sw, 500, problemBody(problemOf(fmt.Errorf("panic: %v", v), r.URL.Path)))
+			}
+		}
+		s.log.DebugContext(r.Context(), "request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+	}()
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.noRoute(sw, r)
+		return
+	}
+	s.mux.ServeHTTP(sw, r)
+}
+
+// noRoute answers a request no route takes: 405 with Allow if the path
+// exists under other methods, else 404.
+func (s *Server) noRoute(w nethttp.ResponseWriter, r *nethttp.Request) {
+	var allow []string
+	for _, m := range []string{"GET", "POST", "PUT", "DELETE"} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := s.mux.Handler(probe); p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeBody(w, 405, problemBody(problemOf(&allot.Error{Code: codeMethodNotAllowed, Line: -1,
+			Detail: fmt.Sprintf("%s does not take %s; it takes %s", r.URL.Path, r.Method, strings.Join(allow, ", "))}, r.URL.Path)))
+		return
+	}
+	writeBody(w, 404, problemBody(problemOf(allot.Errorf(allot.CodeNotFound, "no such path %s; see GET /v1/openapi.json", r.URL.Path), r.URL.Path)))
+}
+
+type statusWriter struct {
+	nethttp.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = 200
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() nethttp.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) health(w nethttp.ResponseWriter, r *nethttp.Request) {
+	writeBody(w, 200, []byte("{\"status\":\"ok\"}\n"))
+}
+
+func serveOpenAPI(w nethttp.ResponseWriter, r *nethttp.Request) {
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	writeBody(w, 200, openapi)
+}
+
+// handler is one endpoint's logic: the request in, a result or an error out.
+type handler func(r *nethttp.Request) (any, error)
+
+// render makes the response for a result or error. It is pure, so that the
+// bytes stored with an Idempotency-Key are the bytes sent.
+func render(status int, instance string) func(any, error) (int, []byte) {
+	return func(v any, err error) (int, []byte) {
+		if err != nil {
+			p := problemOf(err, instance)
+			return p.Status, problemBody(p)
+		}
+		if status == 204 {
+			return 204, nil
+		}
+		b, merr := json.Marshal(v)
+		if merr != nil {
+			p := problemOf(merr, instance)
+			return p.Status, problemBody(p)
+		}
+		return status, append(b, '\n')
+	}
+}
+
+// handle wraps an endpoint: POSTs with an Idempotency-Key are claimed,
+// executed once, and answered from the stored response when repeated.
+func (s *Server) handle(status int, h handler) nethttp.Handler {
+	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		rend := render(status, r.URL.Path)
+		key := r.Header.Get("Idempotency-Key")
+		if r.Method != nethttp.MethodPost || key == "" {
+			v, err := h(r)
+			s.logInternal(r, err)
+			st, body := rend(v, err)
+			writeBody(w, st, body)
+			return
+		}
+		s.idempotent(w, r, key, h, rend)
+	})
+}
+
+func (s *Server) logInternal(r *nethttp.Request, err error) {
+	if err != nil && allot.CodeOf(err) == "" {
+		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+}
+
+func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key string, h handler, rend func(any, error) (int, []byte)) {
+	fail := func(err error) { st, body := rend(nil, err); writeBody(w, st, body) }
+	if len(key) > 255 {
+		fail(&allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1, Detail: "the Idempotency-Key header may be at most 255 characters"})
+		return
+	}
+	body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		fail(jsonFieldError(err))
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	sum := sha256.New()
+	fmt.Fprintf(sum, "%s %s\n", r.Method, r.URL.RequestURI())
+	sum.Write(body)
+	var tok [16]byte
+	_, _ = rand.Read(tok[:])
+	claim := allot.IdempotencyClaim{Key: key, Hash: hex.EncodeToString(sum.Sum(nil)), Token: hex.EncodeToString(tok[:]), At: s.eng.Now()}
+	store := s.eng.Store()
+	rec, err := store.ClaimIdempotencyKey(r.Context(), claim, IdempotencyStaleAfter)
+	switch {
+	case err != nil:
+		s.logInternal(r, err)
+		fail(err)
+		return
+	case rec != nil && rec.Hash != claim.Hash:
+		fail(allot.Errorf(allot.CodeIdempotencyMismatch, "Idempotency-Key %q was first used with another request (method, path or body); use a new key for a new request", key))
+		return
+	case rec != nil && !rec.Done:
+		w.Header().Set("Retry-After", "1")
+		fail(allot.Errorf(allot.CodeIdempotencyInFlight, "the first request with Idempotency-Key %q is still in flight; retry shortly to get its response", key))
+		return
+	case rec != nil:
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeBody(w, rec.Status, rec.Body)
+		return
+	}
+	idem := &engine.Idem{Key: key, Token: claim.Token, Render: rend}
+	v, err := h(r.WithContext(engine.WithIdem(r.Context(), idem)))
+	s.logInternal(r, err)
+	st, out := rend(v, err)
+	if !idem.Completed {
+		// The engine did not store a response: either nothing was written
+		// (bad input, not found) and the answer is final, or the request
+		// failed inside and left no effect, so a retry may run it again.
+		ctx := context.WithoutCancel(r.Context())
+		if st >= 500 {
+			if rerr := store.ReleaseIdempotencyKey(ctx, key, claim.Token); rerr != nil {
+				s.log.ErrorContext(ctx, "releasing idempotency key", "key", key, "err", rerr)
+			}
+		} else if cerr := store.Write(ctx, func(tx allot.Tx) error { return tx.CompleteIdempotencyKey(ctx, key, claim.Token, st, out) }); cerr != nil {
+			s.log.ErrorContext(ctx, "storing idempotent response", "key", key, "err", cerr)
+		}
+	}
+	writeBody(w, st, out)
+}
+
+// decode reads a JSON object body strictly: known fields only, right types,
+// one value, at most MaxBody bytes.
+func decode(r *nethttp.Request, dst any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &allot.Error{Code: codeMediaType, Line: -1, Detail: fmt.Sprintf("the body must be application/json, not %s", ct)}
+	}
+	dec := json.NewDecoder(nethttp.MaxBytesReader(nil, r.Body, MaxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return jsonFieldError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return malformed("the body holds more than one JSON value")
+	}
+	return nil
+}
+
+// decodeOptional is decode for a body that may be empty.
+func decodeOptional(r *nethttp.Request, dst any) error {
+	body, err := io.ReadAll(nethttp.MaxBytesReader(nil, r.Body, MaxBody))
+	if err != nil {
+		return jsonFieldError(err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decode(r, dst)
+}
+
+func queryDate(r *nethttp.Request, name string) (*allot.Date, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return nil, nil
+	}
+	d, err := allot.ParseDate(v)
+	if err != nil {
+		return nil, allot.Invalid(name, "%v", err)
+	}
+	return &d, nil
+}
+
+func queryInt(r *nethttp.Request, name string) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, allot.Invalid(name, "%s must be an integer, got %q", name, v)
+	}
+	return n, nil
+}

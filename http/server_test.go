@@ -1,0 +1,342 @@
+package http_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	nethttp "net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/engine"
+	allothttp "github.com/allot/allot/http"
+	"github.com/allot/allot/store/sqlite"
+	"github.com/allot/allot/store/storetest"
+)
+
+type api struct {
+	t     testing.TB
+	h     nethttp.Handler
+	store allot.Store
+}
+
+func newAPI(t testing.TB) *api {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &api{t: t, h: allothttp.New(engine.New(s, engine.Options{}), nil), store: s}
+}
+
+type resp struct {
+	status int
+	header nethttp.Header
+	body   []byte
+}
+
+func (r resp) json(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("response is not a JSON object: %v: %s", err, r.body)
+	}
+	return m
+}
+
+func (a *api) do(method, path, body string, hdr ...string) resp {
+	a.t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	a.h.ServeHTTP(rec, req)
+	return resp{rec.Code, rec.Header(), rec.Body.Bytes()}
+}
+
+func (a *api) mustDo(want int, method, path, body string, hdr ...string) map[string]any {
+	a.t.Helper()
+	r := a.do(method, path, body, hdr...)
+	if r.status != want {
+		a.t.Fatalf("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body)
+	}
+	if want == 204 {
+		return nil
+	}
+	return r.json(a.t)
+}
+
+func (a *api) seed() {
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"room","name":"Double","kind":"nightly","capacity":1,"price":{"amount":"99.50","currency":"EUR"}}`)
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"book","name":"Book","kind":"stock","capacity":3}`)
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"class","name":"Yoga","kind":"slot","capacity":10,"slots":[{"id":"mon-9","starts_at":"2027-01-04T09:00:00Z"}]}`)
+}
+
+func TestFlows(t *testing.T) {
+	a := newAPI(t)
+	a.seed()
+	h := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"},{"resource_id":"class","quantity":2,"slot":"mon-9"}],"ttl_seconds":60,"customer_id":"c9"}`)
+	if h["status"] != "active" || h["expires_at"] == nil {
+		t.Fatalf("hold %v", h)
+	}
+	hid := h["id"].(string)
+	if got := a.mustDo(200, "GET", "/v1/holds/"+hid, ""); got["id"] != hid {
+		t.Fatalf("get hold %v", got)
+	}
+	o := a.mustDo(201, "POST", "/v1/orders", fmt.Sprintf(`{"hold_id":%q}`, hid))
+	if o["status"] != "reserved" || o["customer_id"] != "c9" || o["total"].(map[string]any)["amount"] != "199.00" {
+		t.Fatalf("order %v", o)
+	}
+	oid := o["id"].(string)
+	av := a.mustDo(200, "GET", "/v1/resources/room/availability?from=2027-02-01&to=2027-02-04", "")
+	bs := av["buckets"].([]any)
+	if len(bs) != 3 || bs[0].(map[string]any)["available"] != 0.0 || bs[2].(map[string]any)["available"] != 1.0 {
+		t.Fatalf("availability %v", av)
+	}
+	list := a.mustDo(200, "GET", "/v1/orders?customer_id=c9&status=reserved", "")
+	if len(list["orders"].([]any)) != 1 {
+		t.Fatalf("list %v", list)
+	}
+	c := a.mustDo(200, "POST", "/v1/orders/"+oid+"/cancel", `{"reason":"plans changed"}`)
+	if c["status"] != "cancelled" || len(c["history"].([]any)) != 2 {
+		t.Fatalf("cancel %v", c)
+	}
+	a.mustDo(200, "POST", "/v1/orders/"+oid+"/cancel", "")
+	got := a.mustDo(200, "GET", "/v1/orders/"+oid, "")
+	if got["status"] != "cancelled" {
+		t.Fatalf("order after cancel %v", got)
+	}
+	// Direct purchase of stock (seed 001), restock, release.
+	a.mustDo(201, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":3}]}`)
+	a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+	a.mustDo(200, "PUT", "/v1/resources/book/capacity", `{"capacity":4}`)
+	h2 := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+	a.mustDo(204, "DELETE", "/v1/holds/"+h2["id"].(string), "")
+	a.mustDo(204, "DELETE", "/v1/holds/"+h2["id"].(string), "")
+	a.mustDo(201, "POST", "/v1/resources/class/slots", `{"id":"tue-9","starts_at":"2027-01-05T09:00:00Z","capacity":4}`)
+	a.mustDo(200, "PUT", "/v1/resources/class/capacity", `{"slot":"tue-9","capacity":5}`)
+	r := a.mustDo(200, "GET", "/v1/resources/class", "")
+	if len(r["slots"].([]any)) != 2 {
+		t.Fatalf("resource %v", r)
+	}
+	a.mustDo(200, "GET", "/healthz", "")
+	storetest.CheckInvariants(t, context.Background(), a.store, "room", "book", "class")
+}
+
+// TestErrors checks that bad input gets a 4xx problem that says what is
+// wrong, never a 500.
+func TestErrors(t *testing.T) {
+	a := newAPI(t)
+	a.seed()
+	stay := func(extra string) string {
+		return `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"` + extra + `}]}`
+	}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code, field              string
+	}{
+		{"malformed JSON", "POST", "/v1/holds", `{"lines":`, 400, "malformed-request", ""},
+		{"not an object", "POST", "/v1/holds", `[1,2]`, 400, "malformed-request", ""},
+		{"empty body", "POST", "/v1/holds", ``, 400, "malformed-request", ""},
+		{"two values", "POST", "/v1/holds", stay("") + `{}`, 400, "malformed-request", ""},
+		{"unknown field", "POST", "/v1/holds", `{"lines":[],"colour":"red"}`, 400, "malformed-request", "colour"},
+		{"wrong type", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":"2"}]}`, 400, "malformed-request", "lines.quantity"},
+		{"bad date", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"01/02/2027","check_out":"2027-02-03"}]}`, 400, "malformed-request", ""},
+		{"zero quantity", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":0}]}`, 422, "validation-failed", "lines[0].quantity"},
+		{"negative quantity", "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":-1}]}`, 422, "validation-failed", "lines[0].quantity"},
+		{"check-out before check-in", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-03","check_out":"2027-02-01"}]}`, 422, "validation-failed", "lines[0].check_out"},
+		{"unknown resource", "POST", "/v1/holds", `{"lines":[{"resource_id":"ghost","quantity":1}]}`, 422, "validation-failed", "lines[0].resource_id"},
+		{"unknown slot", "POST", "/v1/holds", `{"lines":[{"resource_id":"class","quantity":1,"slot":"sun"}]}`, 422, "validation-failed", "lines[0].slot"},
+		{"ttl zero", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}],"ttl_seconds":0}`, 422, "validation-failed", "ttl_seconds"},
+		{"no lines", "POST", "/v1/holds", `{"lines":[]}`, 422, "validation-failed", "lines"},
+		{"too much", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":4}]}`, 409, "insufficient-capacity", ""},
+		{"bad kind", "POST", "/v1/resources", `{"name":"x","kind":"weekly","capacity":1}`, 422, "validation-failed", "kind"},
+		{"bad price", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"-1","currency":"EUR"}}`, 400, "malformed-request", ""},
+		{"float price", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":12.5,"currency":"EUR"}}`, 400, "malformed-request", ""},
+		{"missing capacity", "POST", "/v1/resources", `{"name":"x","kind":"stock"}`, 422, "validation-failed", "capacity"},
+		{"duplicate id", "POST", "/v1/resources", `{"id":"book","name":"x","kind":"stock","capacity":1}`, 409, "already-exists", "id"},
+		{"bad id", "POST", "/v1/resources", `{"id":"a b","name":"x","kind":"stock","capacity":1}`, 422, "validation-failed", "id"},
+		{"capacity below usage", "PUT", "/v1/resources/book/capacity", `{"capacity":-5}`, 422, "validation-failed", "capacity"},
+		{"availability without range", "GET", "/v1/resources/room/availability", ``, 422, "validation-failed", "from"},
+		{"availability bad date", "GET", "/v1/resources/room/availability?from=x&to=2027-01-01", ``, 422, "validation-failed", "from"},
+		{"unknown resource path", "GET", "/v1/resources/ghost", ``, 404, "not-found", ""},
+		{"unknown hold", "GET", "/v1/holds/hld_x", ``, 404, "not-found", ""},
+		{"unknown order cancel", "POST", "/v1/orders/ord_x/cancel", ``, 404, "not-found", ""},
+		{"bad status filter", "GET", "/v1/orders?status=lost", ``, 422, "validation-failed", "status"},
+		{"bad limit", "GET", "/v1/orders?limit=ten", ``, 422, "validation-failed", "limit"},
+		{"limit too big", "GET", "/v1/orders?limit=1000", ``, 422, "validation-failed", "limit"},
+		{"no route", "GET", "/v2/things", ``, 404, "not-found", ""},
+		{"wrong method", "PATCH", "/v1/orders", ``, 405, "method-not-allowed", ""},
+		{"oversized body", "POST", "/v1/holds", `{"customer_id":"` + strings.Repeat("x", allothttp.MaxBody) + `"}`, 413, "request-too-large", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := a.do(c.method, c.path, c.body)
+			if r.status != c.status {
+				t.Fatalf("status %d, want %d: %s", r.status, c.status, r.body)
+			}
+			if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			p := r.json(t)
+			if p["type"] != allothttp.ProblemBase+c.code || p["code"] != c.code || p["status"] != float64(c.status) || p["title"] == "" || p["detail"] == "" {
+				t.Fatalf("problem %v, want code %s", p, c.code)
+			}
+			if c.field != "" && p["field"] != c.field {
+				t.Fatalf("field %v, want %s", p["field"], c.field)
+			}
+		})
+	}
+	t.Run("unsupported media type", func(t *testing.T) {
+		r := a.do("POST", "/v1/holds", `lines=1`, "Content-Type", "application/x-www-form-urlencoded")
+		if r.status != 415 {
+			t.Fatalf("status %d", r.status)
+		}
+	})
+	t.Run("refusal names line and bucket", func(t *testing.T) {
+		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-04-02","check_out":"2027-04-03"}]}`)
+		p := a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1},{"resource_id":"room","quantity":1,"check_in":"2027-04-01","check_out":"2027-04-05"}]}`)
+		b, _ := p["bucket"].(map[string]any)
+		if p["code"] != "capacity-reserved-by-hold" || p["line"] != 1.0 || b["resource_id"] != "room" || b["key"] != "2027-04-02" {
+			t.Fatalf("problem %v", p)
+		}
+	})
+	t.Run("expired or released hold", func(t *testing.T) {
+		h := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+		a.mustDo(204, "DELETE", "/v1/holds/"+h["id"].(string), "")
+		p := a.mustDo(410, "POST", "/v1/orders", fmt.Sprintf(`{"hold_id":%q}`, h["id"]))
+		if p["code"] != "hold-released" {
+			t.Fatalf("problem %v", p)
+		}
+	})
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	a := newAPI(t)
+	a.seed()
+	body := `{"lines":[{"resource_id":"book","quantity":1}],"customer_id":"k"}`
+	first := a.do("POST", "/v1/orders", body, "Idempotency-Key", "order-1")
+	if first.status != 201 {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	again := a.do("POST", "/v1/orders", body, "Idempotency-Key", "order-1")
+	if again.status != 201 || !bytes.Equal(again.body, first.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("repeat: %d %s (replayed %q), want the first response", again.status, again.body, again.header.Get("Idempotent-Replayed"))
+	}
+	other := a.mustDo(422, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":2}]}`, "Idempotency-Key", "order-1")
+	if other["code"] != "idempotency-key-reused" {
+		t.Fatalf("other body: %v", other)
+	}
+	// A refusal is stored too: the repeat answers the same refusal even
+	// after capacity frees up.
+	a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":3}]}`, "Idempotency-Key", "big")
+	a.mustDo(200, "PUT", "/v1/resources/book/capacity", `{"capacity":10}`)
+	a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":3}]}`, "Idempotency-Key", "big")
+	// Validation errors are answered the same way again.
+	bad := a.do("POST", "/v1/holds", `{"lines":[]}`, "Idempotency-Key", "bad")
+	bad2 := a.do("POST", "/v1/holds", `{"lines":[]}`, "Idempotency-Key", "bad")
+	if bad.status != 422 || bad2.status != 422 || !bytes.Equal(bad.body, bad2.body) {
+		t.Fatalf("validation replay: %d %s / %d %s", bad.status, bad.body, bad2.status, bad2.body)
+	}
+	list := a.mustDo(200, "GET", "/v1/orders?customer_id=k", "")
+	if n := len(list["orders"].([]any)); n != 1 {
+		t.Fatalf("%d orders for customer k, want 1", n)
+	}
+	a.mustDo(400, "POST", "/v1/orders", body, "Idempotency-Key", strings.Repeat("k", 256))
+}
+
+// TestIdempotencyRace fires duplicates of one keyed purchase concurrently
+// over real HTTP: exactly one order is made; every answer is that order or
+// "in flight".
+func TestIdempotencyRace(t *testing.T) {
+	a := newAPI(t)
+	a.seed()
+	a.mustDo(200, "PUT", "/v1/resources/book/capacity", `{"capacity":100}`)
+	srv := httptest.NewServer(a.h)
+	defer srv.Close()
+	const n = 24
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bodies := map[string]int{}
+	statuses := map[int]int{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := nethttp.NewRequest("POST", srv.URL+"/v1/orders", strings.NewReader(`{"lines":[{"resource_id":"book","quantity":1}]}`))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Idempotency-Key", "race")
+			res, err := nethttp.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			mu.Lock()
+			statuses[res.StatusCode]++
+			if res.StatusCode == 201 {
+				bodies[string(b)]++
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(bodies) != 1 || statuses[201]+statuses[409] != n {
+		t.Fatalf("statuses %v, %d distinct 201 bodies; want one order and the rest replays or in-flight", statuses, len(bodies))
+	}
+	av := a.mustDo(200, "GET", "/v1/resources/book/availability", "")
+	if b := av["buckets"].([]any)[0].(map[string]any); b["booked"] != 1.0 {
+		t.Fatalf("booked %v, want 1", b["booked"])
+	}
+}
+
+// FuzzRequests throws arbitrary bodies at every POST and PUT: the answer is
+// never a 500, and every error is a problem document.
+func FuzzRequests(f *testing.F) {
+	for _, s := range []string{
+		`{"lines":[{"resource_id":"book","quantity":1}]}`,
+		`{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"}],"ttl_seconds":5}`,
+		`{"lines":[{"resource_id":"class","quantity":2,"slot":"mon-9"}]}`,
+		`{"hold_id":"hld_x"}`,
+		`{"name":"x","kind":"slot","capacity":3,"slots":[{"id":"a","starts_at":"2027-01-01T00:00:00Z"}],"price":{"amount":"1.5","currency":"USD"}}`,
+		`{"from":"2027-01-01","to":"2027-01-09","capacity":2}`,
+		`{"capacity":1e99}`, `{"lines":[{"quantity":9223372036854775807}]}`, `null`, `"x"`, `{}`, ``, `{"lines":null}`,
+	} {
+		f.Add(s)
+	}
+	a := newAPI(f)
+	a.seed()
+	paths := []struct{ method, path string }{
+		{"POST", "/v1/holds"}, {"POST", "/v1/orders"}, {"POST", "/v1/resources"},
+		{"PUT", "/v1/resources/room/capacity"}, {"PUT", "/v1/resources/class/capacity"}, {"POST", "/v1/resources/class/slots"},
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, p := range paths {
+			req := httptest.NewRequest(p.method, p.path, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			a.h.ServeHTTP(rec, req)
+			if rec.Code >= 500 {
+				t.Fatalf("%s %s %q: %d %s", p.method, p.path, body, rec.Code, rec.Body)
+			}
+			if rec.Code >= 400 {
+				var prob map[string]any
+				if err := json.Unmarshal(rec.Body.Bytes(), &prob); err != nil || prob["type"] == nil || rec.Header().Get("Content-Type") != "application/problem+json" {
+					t.Fatalf("%s %s %q: error is not a problem: %s", p.method, p.path, body, rec.Body)
+				}
+			}
+		}
+	})
+}
