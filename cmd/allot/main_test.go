@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	nethttp "net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/store/sqlite"
+)
+
+// TestMain lets the test binary run as allot itself, for the tests that
+// need a real process to signal.
+func TestMain(m *testing.M) {
+	if os.Getenv("ALLOT_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestServeAndShutdown starts allot serve on a fresh SQLite file, books
+// through the API, stops it with SIGTERM and checks that it exits cleanly
+// and the acknowledged booking is in the file.
+func TestServeAndShutdown(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cmd := exec.Command(os.Args[0], "serve", "--addr", addr)
+	cmd.Dir = dir // the default database lands in ./allot-data
+	cmd.Env = append(os.Environ(), "ALLOT_RUN_MAIN=1", "ALLOT_DB=")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	base := "http://" + addr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := nethttp.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("allot did not come up: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	post := func(path, body string) int {
+		res, err := nethttp.Post(base+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if st := post("/v1/resources", `{"id":"tix","name":"Tickets","kind":"stock","capacity":5}`); st != 201 {
+		t.Fatalf("create resource: %d", st)
+	}
+	if st := post("/v1/orders", `{"lines":[{"resource_id":"tix","quantity":2}]}`); st != 201 {
+		t.Fatalf("order: %d", st)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("allot exited with %v\n%s", err, logs.String())
+	}
+	for _, want := range []string{`"msg":"allot serving"`, `"msg":"stopped"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("logs lack %s:\n%s", want, logs.String())
+		}
+	}
+	s, err := sqlite.Open(context.Background(), filepath.Join(dir, "allot-data", "allot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b, err := s.Buckets(context.Background(), "tix", "", "")
+	if err != nil || len(b) != 1 || b[0].Booked != 2 {
+		t.Fatalf("after restart: %+v, %v", b, err)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{nil, 2, "Usage"},
+		{[]string{"help"}, 0, "allot serve"},
+		{[]string{"fly"}, 2, `unknown command "fly"`},
+		{[]string{"serve", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"migrate", "--db", "mysql://x"}, 1, "unsupported database URL"},
+		{[]string{"migrate", "--db", "sqlite:"}, 1, "names no file"},
+		{[]string{"migrate", "--log-level", "loud"}, 2, "--log-level"},
+		{[]string{"migrate", "--db", "sqlite:" + filepath.Join(dir, "m.db")}, 0, "schema migrated"},
+		{[]string{"migrate", "--db", "postgres://u:secret@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprint(c.args), func(t *testing.T) {
+			var out bytes.Buffer
+			if code := run(c.args, &out); code != c.code || !strings.Contains(out.String(), c.out) {
+				t.Fatalf("exit %d, want %d; output lacks %q:\n%s", code, c.code, c.out, out.String())
+			}
+			if strings.Contains(out.String(), "secret") {
+				t.Fatalf("a password reached the logs:\n%s", out.String())
+			}
+		})
+	}
+}

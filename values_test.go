@@ -1,0 +1,122 @@
+package allot
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestParseMoney(t *testing.T) {
+	cases := []struct {
+		amount, currency string
+		ok               bool
+		minor            int64
+		scale            int
+		out              string
+	}{
+		{"120.00", "EUR", true, 12000, 2, "120.00"},
+		{"0.5", "USD", true, 5, 1, "0.5"},
+		{"1200", "JPY", true, 1200, 0, "1200"},
+		{"0.000001", "BTC", true, 1, 6, "0.000001"},
+		{"-1", "EUR", false, 0, 0, ""},
+		{"1.", "EUR", false, 0, 0, ""},
+		{".5", "EUR", false, 0, 0, ""},
+		{"1.0000001", "EUR", false, 0, 0, ""},
+		{"1e3", "EUR", false, 0, 0, ""},
+		{"1,50", "EUR", false, 0, 0, ""},
+		{"1234567890123", "EUR", false, 0, 0, ""},
+		{"1.00", "eur", false, 0, 0, ""},
+		{"1.00", "EURO", false, 0, 0, ""},
+		{"", "EUR", false, 0, 0, ""},
+	}
+	for _, c := range cases {
+		m, err := ParseMoney(c.amount, c.currency)
+		if (err == nil) != c.ok {
+			t.Errorf("ParseMoney(%q, %q): err %v, want ok=%v", c.amount, c.currency, err, c.ok)
+			continue
+		}
+		if c.ok && (m.Minor != c.minor || m.Scale != c.scale || m.Amount() != c.out) {
+			t.Errorf("ParseMoney(%q) = %+v (%s)", c.amount, m, m.Amount())
+		}
+	}
+}
+
+func TestMoneyArithmetic(t *testing.T) {
+	a, _ := ParseMoney("99.50", "EUR")
+	b, _ := ParseMoney("0.125", "EUR")
+	sum, err := a.Times(3).Add(b)
+	if err != nil || sum.Amount() != "298.625" {
+		t.Fatalf("3*99.50+0.125 = %s, %v", sum.Amount(), err)
+	}
+	usd, _ := ParseMoney("1", "USD")
+	if _, err := a.Add(usd); err == nil {
+		t.Fatal("added USD to EUR")
+	}
+	j, _ := json.Marshal(a)
+	var back Money
+	if err := json.Unmarshal(j, &back); err != nil || back != a || string(j) != `{"amount":"99.50","currency":"EUR"}` {
+		t.Fatalf("JSON round trip: %s -> %+v, %v", j, back, err)
+	}
+	for _, bad := range []string{`{"amount":99.5,"currency":"EUR"}`, `{"amount":"1","currency":"EUR","x":1}`, `"1 EUR"`} {
+		if err := json.Unmarshal([]byte(bad), &back); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+}
+
+func TestNights(t *testing.T) {
+	cases := []struct {
+		in, out string
+		want    []string
+	}{
+		{"2027-02-27", "2027-03-02", []string{"2027-02-27", "2027-02-28", "2027-03-01"}},
+		{"2028-02-28", "2028-03-01", []string{"2028-02-28", "2028-02-29"}},
+		{"2027-12-31", "2028-01-01", []string{"2027-12-31"}},
+		{"2027-03-28", "2027-03-29", []string{"2027-03-28"}},
+		{"2027-01-02", "2027-01-02", []string{}},
+	}
+	for _, c := range cases {
+		got := Nights(MustDate(c.in), MustDate(c.out))
+		if len(got) != len(c.want) {
+			t.Fatalf("Nights(%s, %s) = %v, want %v", c.in, c.out, got, c.want)
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Fatalf("Nights(%s, %s) = %v, want %v", c.in, c.out, got, c.want)
+			}
+		}
+	}
+	for _, bad := range []string{"2027-02-30", "27-01-01", "2027-1-1", "2027-01-01T00:00:00Z", ""} {
+		if _, err := ParseDate(bad); err == nil {
+			t.Errorf("ParseDate(%q) accepted", bad)
+		}
+	}
+}
+
+func TestStatusMachine(t *testing.T) {
+	cases := []struct {
+		from, to OrderStatus
+		ok       bool
+	}{
+		{"", OrderReserved, true},
+		{OrderReserved, OrderConfirmed, true},
+		{OrderConfirmed, OrderNotified, true},
+		{OrderAwaitingPayment, OrderPaymentFailed, true},
+		{OrderReserved, OrderCancelled, true},
+		{OrderNotified, OrderCancelled, true},
+		{OrderCancelled, OrderReserved, false},
+		{OrderNotified, OrderConfirmed, false},
+		{OrderReserved, OrderPaymentFailed, false},
+		{OrderRejected, OrderCancelled, false},
+		{OrderExpired, OrderCancelled, false},
+	}
+	for _, c := range cases {
+		if got := CanTransition(c.from, c.to); got != c.ok {
+			t.Errorf("CanTransition(%q, %q) = %v", c.from, c.to, got)
+		}
+	}
+	for _, s := range []OrderStatus{OrderCancelled, OrderRejected, OrderPaymentFailed, OrderExpired} {
+		if s.Live() || !s.Valid() {
+			t.Errorf("%s: live %v valid %v", s, s.Live(), s.Valid())
+		}
+	}
+}
