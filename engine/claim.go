@@ -116,28 +116,17 @@ func (d *demand) claims(owner string, kind allot.ClaimKind) []allot.Claim {
 	return out
 }
 
-// lockDemand locks d's buckets; a missing slot is reported against its line.
-func (e *Engine) lockDemand(ctx context.Context, tx allot.Tx, d *demand) (locked, error) {
-	lk, _, err := e.lock(ctx, tx, d.specs())
-	if allot.CodeOf(err) == allot.CodeNotFound {
-		return nil, e.missingSlot(ctx, tx, d)
-	}
-	return lk, err
-}
-
-func (e *Engine) missingSlot(ctx context.Context, tx allot.Tx, d *demand) error {
-	for _, k := range d.keys {
-		bs, err := tx.Buckets(ctx, k.ResourceID, k.Key, k.Key+"\x00")
-		if err != nil {
-			return err
-		}
-		if len(bs) == 0 {
+// op makes an op that locks d's buckets and runs apply once they are known
+// to exist.
+func (d *demand) op(apply func(ctx context.Context, w *wtx) (any, error)) *op {
+	return &op{specs: d.specs(), shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		if k, ok := w.need(d.keys); !ok {
 			i := d.line[k]
-			return &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
+			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
 				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
 		}
-	}
-	return allot.Errorf(allot.CodeNotFound, "a requested bucket does not exist")
+		return apply(ctx, w)
+	}}
 }
 
 // refusal returns the capacity error for the first line (then bucket) that
@@ -168,20 +157,15 @@ func (d *demand) refusal(lk locked) error {
 			line, need, bad.ResourceID, bad.Key, b.Available(), b.Capacity, b.Booked, b.Held, what)}
 }
 
-// fit checks that d fits in lk, first expiring expired holds on its buckets
-// if it does not, so that an expired hold never causes a refusal.
-func (e *Engine) fit(ctx context.Context, tx allot.Tx, lk locked, d *demand) error {
-	if d.refusal(lk) == nil {
+// fit checks that d fits in the locked buckets, first expiring expired
+// holds on them if it does not, so that an expired hold never causes a
+// refusal.
+func (e *Engine) fit(ctx context.Context, w *wtx, d *demand) error {
+	if d.refusal(w.lk) == nil {
 		return nil
 	}
-	freed, err := e.expireOn(ctx, tx, lk, d.keys)
-	if err != nil {
+	if _, err := e.expireOn(ctx, w, d.keys); err != nil {
 		return err
 	}
-	if freed {
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
-			return err
-		}
-	}
-	return d.refusal(lk)
+	return d.refusal(w.lk)
 }

@@ -40,6 +40,9 @@ type Options struct {
 	// Now is the clock; time.Now when nil. Tests move it to expire holds.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Batching groups concurrent writes; the zero value runs each request
+	// in its own transaction.
+	Batching Batching
 }
 
 // Engine applies Allot's rules on a Store.
@@ -48,9 +51,15 @@ type Engine struct {
 	now       func() time.Time
 	log       *slog.Logger
 	resources sync.Map // id -> allot.Resource; only immutable fields are used
+	metrics   metrics
+
+	batch       *batcher
+	batchMu     sync.RWMutex
+	batchClosed bool
+	closeOnce   sync.Once
 }
 
-// New returns an engine on s.
+// New returns an engine on s. With batching on, Close stops its workers.
 func New(s allot.Store, o Options) *Engine {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -60,7 +69,11 @@ func New(s allot.Store, o Options) *Engine {
 	}
 	// Microseconds: what both stores keep, so a stored response and a later
 	// read agree to the digit.
-	return &Engine{store: s, now: func() time.Time { return o.Now().UTC().Truncate(time.Microsecond) }, log: o.Logger}
+	e := &Engine{store: s, now: func() time.Time { return o.Now().UTC().Truncate(time.Microsecond) }, log: o.Logger}
+	if o.Batching.Workers > 0 {
+		e.startBatcher(o.Batching)
+	}
+	return e
 }
 
 // Store returns the engine's store, for reads that need no rule.
@@ -92,47 +105,6 @@ func WithIdem(ctx context.Context, idem *Idem) context.Context {
 func idemFrom(ctx context.Context) *Idem {
 	i, _ := ctx.Value(idemKey{}).(*Idem)
 	return i
-}
-
-// write runs fn in a transaction. fn returns a result, or a domain error
-// (*allot.Error) after writing only what may stand on its own (such as
-// releasing expired holds); either commits, with the idempotent response.
-// Any other error rolls back. Retryable store errors are retried.
-func (e *Engine) write(ctx context.Context, fn func(allot.Tx) (any, error)) (any, error) {
-	idem := idemFrom(ctx)
-	var result any
-	var refusal error
-	var err error
-	for attempt := 1; ; attempt++ {
-		err = e.store.Write(ctx, func(tx allot.Tx) error {
-			v, err := fn(tx)
-			if err != nil && allot.CodeOf(err) == "" {
-				return err
-			}
-			result, refusal = v, err
-			if idem != nil {
-				status, body := idem.Render(v, err)
-				if err := tx.CompleteIdempotencyKey(ctx, idem.Key, idem.Token, status, body); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err == nil {
-			if idem != nil {
-				idem.Completed = true
-			}
-			return result, refusal
-		}
-		if errors.Is(err, allot.ErrIdempotencyLost) {
-			return nil, allot.Errorf(allot.CodeIdempotencyInFlight, "another request with this Idempotency-Key took over; retry to get its response")
-		}
-		if attempt >= maxAttempts || !e.store.IsRetryable(err) || ctx.Err() != nil {
-			return nil, err
-		}
-		e.log.DebugContext(ctx, "retrying transaction", "attempt", attempt, "err", err)
-		time.Sleep(time.Duration(attempt*attempt) * time.Millisecond)
-	}
 }
 
 // NewID returns a prefixed, time-ordered, random id (so listing by id lists
@@ -177,66 +149,47 @@ func (e *Engine) event(typ, resourceID, orderID, holdID string, payload any) all
 // locked is the set of buckets a transaction holds, by key.
 type locked map[allot.BucketKey]*allot.Bucket
 
-func (e *Engine) lock(ctx context.Context, tx allot.Tx, specs []allot.BucketSpec) (locked, []allot.Bucket, error) {
-	sort.Slice(specs, func(i, j int) bool { return specs[i].Less(specs[j].BucketKey) })
-	bs, err := tx.LockBuckets(ctx, specs)
-	if err != nil {
-		return nil, nil, err
-	}
-	m := make(locked, len(bs))
-	for i := range bs {
-		m[bs[i].BucketKey] = &bs[i]
-	}
-	for _, s := range specs {
-		if _, ok := m[s.BucketKey]; !ok {
-			return nil, nil, allot.Errorf(allot.CodeNotFound, "resource %q has no bucket %q", s.ResourceID, s.Key)
-		}
-	}
-	return m, bs, nil
-}
-
 // expireOn releases the held claims of expired holds on the locked buckets
 // keys, marks those holds expired, and reports whether anything was freed.
 // Claims of those holds on buckets not locked here are left to the sweeper,
 // so that locks are still only taken in key order.
-func (e *Engine) expireOn(ctx context.Context, tx allot.Tx, lk locked, keys []allot.BucketKey) (bool, error) {
-	claims, err := tx.ExpiredHoldClaims(ctx, keys, e.now())
+func (e *Engine) expireOn(ctx context.Context, w *wtx, keys []allot.BucketKey) (bool, error) {
+	claims, err := w.ExpiredHoldClaims(ctx, keys, e.now())
 	if err != nil || len(claims) == 0 {
 		return false, err
 	}
 	holds := map[string]bool{}
 	var ids []string
 	for _, c := range claims {
-		lk[c.BucketKey].Held -= c.Quantity
+		w.lk[c.BucketKey].Held -= c.Quantity
 		if !holds[c.OwnerID] {
 			holds[c.OwnerID] = true
 			ids = append(ids, c.OwnerID)
 		}
 	}
-	if err := tx.DeleteClaims(ctx, claims); err != nil {
+	if err := w.DeleteClaims(ctx, claims); err != nil {
 		return false, err
 	}
 	sort.Strings(ids)
-	return true, e.markExpired(ctx, tx, ids)
+	return true, e.markExpired(ctx, w, ids)
 }
 
-func (e *Engine) markExpired(ctx context.Context, tx allot.Tx, ids []string) error {
-	var events []allot.Event
+func (e *Engine) markExpired(ctx context.Context, w *wtx, ids []string) error {
 	for _, id := range ids {
-		h, err := tx.LockHold(ctx, id)
+		h, err := w.LockHold(ctx, id)
 		if err != nil {
 			return err
 		}
 		if h.Status != allot.HoldActive {
 			continue
 		}
-		if err := tx.SetHoldStatus(ctx, id, allot.HoldExpired, ""); err != nil {
+		if err := w.SetHoldStatus(ctx, id, allot.HoldExpired, ""); err != nil {
 			return err
 		}
 		h.Status = allot.HoldExpired
-		events = append(events, e.event(allot.EventHoldExpired, firstResource(h.Lines), "", id, h))
+		w.emit(e.event(allot.EventHoldExpired, firstResource(h.Lines), "", id, h))
 	}
-	return tx.AppendEvents(ctx, events)
+	return nil
 }
 
 func firstResource(ls []allot.Line) string {
@@ -244,13 +197,4 @@ func firstResource(ls []allot.Line) string {
 		return ""
 	}
 	return ls[0].ResourceID
-}
-
-func bucketList(lk locked) []allot.Bucket {
-	out := make([]allot.Bucket, 0, len(lk))
-	for _, b := range lk {
-		out = append(out, *b)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j].BucketKey) })
-	return out
 }

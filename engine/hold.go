@@ -35,28 +35,22 @@ func (e *Engine) CreateHold(ctx context.Context, in HoldInput) (allot.Hold, erro
 	now := e.now()
 	h := allot.Hold{ID: NewID("hld"), Status: allot.HoldActive, CustomerID: in.CustomerID,
 		ExpiresAt: now.Add(in.TTL), CreatedAt: now, Lines: in.Lines}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, err := e.lockDemand(ctx, tx, d)
-		if err != nil {
-			return nil, err
-		}
-		if err := e.fit(ctx, tx, lk, d); err != nil {
+	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
+		if err := e.fit(ctx, w, d); err != nil {
 			return nil, err
 		}
 		for k, q := range d.need {
-			lk[k].Held += q
+			w.lk[k].Held += q
 		}
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+		if err := w.AddClaims(ctx, d.claims(h.ID, allot.ClaimHeld)); err != nil {
 			return nil, err
 		}
-		if err := tx.AddClaims(ctx, d.claims(h.ID, allot.ClaimHeld)); err != nil {
+		if err := w.InsertHold(ctx, h); err != nil {
 			return nil, err
 		}
-		if err := tx.InsertHold(ctx, h); err != nil {
-			return nil, err
-		}
-		return h, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventHoldCreated, firstResource(h.Lines), "", h.ID, h)})
-	})
+		w.emit(e.event(allot.EventHoldCreated, firstResource(h.Lines), "", h.ID, h))
+		return h, nil
+	}))
 	if err != nil {
 		return allot.Hold{}, err
 	}
@@ -92,12 +86,8 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 	if err != nil {
 		return h, err
 	}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, err := e.lockDemand(ctx, tx, d)
-		if err != nil {
-			return nil, err
-		}
-		h, err := tx.LockHold(ctx, id)
+	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
+		h, err := w.LockHold(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -108,21 +98,7 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 		case to == allot.HoldExpired && h.Status == allot.HoldActive && !expired:
 			return h, nil // not expired on this clock: leave it
 		}
-		claims, err := tx.OwnerClaims(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range claims {
-			b, ok := lk[c.BucketKey]
-			if !ok {
-				return nil, fmt.Errorf("hold %s claims bucket %v outside its lines", id, c.BucketKey)
-			}
-			b.Held -= c.Quantity
-		}
-		if err := tx.DeleteClaims(ctx, claims); err != nil {
-			return nil, err
-		}
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+		if err := e.releaseClaims(ctx, w, id, func(b *allot.Bucket, q int) { b.Held -= q }); err != nil {
 			return nil, err
 		}
 		if h.Status != allot.HoldActive {
@@ -131,7 +107,7 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 		if expired {
 			to = allot.HoldExpired
 		}
-		if err := tx.SetHoldStatus(ctx, id, to, ""); err != nil {
+		if err := w.SetHoldStatus(ctx, id, to, ""); err != nil {
 			return nil, err
 		}
 		h.Status = to
@@ -139,12 +115,30 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 		if to == allot.HoldExpired {
 			typ = allot.EventHoldExpired
 		}
-		return h, tx.AppendEvents(ctx, []allot.Event{e.event(typ, firstResource(h.Lines), "", id, h)})
-	})
+		w.emit(e.event(typ, firstResource(h.Lines), "", id, h))
+		return h, nil
+	}))
 	if err != nil {
 		return allot.Hold{}, err
 	}
 	return v.(allot.Hold), nil
+}
+
+// releaseClaims applies change to the bucket of each of owner's claims and
+// deletes them (they no longer count).
+func (e *Engine) releaseClaims(ctx context.Context, w *wtx, owner string, change func(b *allot.Bucket, q int)) error {
+	claims, err := w.OwnerClaims(ctx, owner)
+	if err != nil {
+		return err
+	}
+	for _, c := range claims {
+		b, ok := w.lk[c.BucketKey]
+		if !ok {
+			return fmt.Errorf("%s claims bucket %v outside its lines", owner, c.BucketKey)
+		}
+		change(b, c.Quantity)
+	}
+	return w.DeleteClaims(ctx, claims)
 }
 
 func checkCustomer(id string) error {

@@ -37,25 +37,18 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	if err != nil {
 		return o, err
 	}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, err := e.lockDemand(ctx, tx, d)
-		if err != nil {
-			return nil, err
-		}
-		if err := e.fit(ctx, tx, lk, d); err != nil {
+	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
+		if err := e.fit(ctx, w, d); err != nil {
 			return nil, err
 		}
 		for k, q := range d.need {
-			lk[k].Booked += q
+			w.lk[k].Booked += q
 		}
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+		if err := w.AddClaims(ctx, d.claims(o.ID, allot.ClaimBooked)); err != nil {
 			return nil, err
 		}
-		if err := tx.AddClaims(ctx, d.claims(o.ID, allot.ClaimBooked)); err != nil {
-			return nil, err
-		}
-		return o, e.insertOrder(ctx, tx, o)
-	})
+		return o, e.insertOrder(ctx, w, o)
+	}))
 	if err != nil {
 		return allot.Order{}, err
 	}
@@ -85,12 +78,8 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 	if err != nil {
 		return o, err
 	}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, err := e.lockDemand(ctx, tx, d)
-		if err != nil {
-			return nil, err
-		}
-		h, err := tx.LockHold(ctx, in.HoldID)
+	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
+		h, err := w.LockHold(ctx, in.HoldID)
 		if err != nil {
 			return nil, err
 		}
@@ -102,29 +91,26 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 		case h.Status == allot.HoldExpired || !h.ExpiresAt.After(e.now()):
 			return nil, allot.Errorf(allot.CodeHoldExpired, "hold %q expired at %s; hold the capacity again", h.ID, h.ExpiresAt.Format("2006-01-02T15:04:05.000Z07:00"))
 		}
-		claims, err := tx.OwnerClaims(ctx, h.ID)
+		claims, err := w.OwnerClaims(ctx, h.ID)
 		if err != nil {
 			return nil, err
 		}
 		for _, c := range claims {
-			b, ok := lk[c.BucketKey]
+			b, ok := w.lk[c.BucketKey]
 			if !ok {
 				return nil, fmt.Errorf("hold %s claims bucket %v outside its lines", h.ID, c.BucketKey)
 			}
 			b.Held -= c.Quantity
 			b.Booked += c.Quantity
 		}
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+		if err := w.MoveClaims(ctx, h.ID, o.ID, allot.ClaimBooked); err != nil {
 			return nil, err
 		}
-		if err := tx.MoveClaims(ctx, h.ID, o.ID, allot.ClaimBooked); err != nil {
+		if err := w.SetHoldStatus(ctx, h.ID, allot.HoldConverted, o.ID); err != nil {
 			return nil, err
 		}
-		if err := tx.SetHoldStatus(ctx, h.ID, allot.HoldConverted, o.ID); err != nil {
-			return nil, err
-		}
-		return o, e.insertOrder(ctx, tx, o)
-	})
+		return o, e.insertOrder(ctx, w, o)
+	}))
 	if err != nil {
 		return allot.Order{}, err
 	}
@@ -162,11 +148,12 @@ func (e *Engine) newOrder(d *demand, customer, holdID, cause string) (allot.Orde
 	return o, nil
 }
 
-func (e *Engine) insertOrder(ctx context.Context, tx allot.Tx, o allot.Order) error {
-	if err := tx.InsertOrder(ctx, o); err != nil {
+func (e *Engine) insertOrder(ctx context.Context, w *wtx, o allot.Order) error {
+	if err := w.InsertOrder(ctx, o); err != nil {
 		return err
 	}
-	return tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o)})
+	w.emit(e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o))
+	return nil
 }
 
 func lineList(ls []allot.OrderLine) []allot.Line {
@@ -224,12 +211,8 @@ func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus
 	if err != nil {
 		return o, err
 	}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, err := e.lockDemand(ctx, tx, d)
-		if err != nil {
-			return nil, err
-		}
-		o, err := tx.LockOrder(ctx, id)
+	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
+		o, err := w.LockOrder(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -240,32 +223,18 @@ func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus
 			return nil, allot.Errorf(allot.CodeInvalidTransition, "order %q is %s and cannot become %s", id, o.Status, to)
 		}
 		if !to.Live() {
-			claims, err := tx.OwnerClaims(ctx, id)
-			if err != nil {
-				return nil, err
-			}
-			for _, c := range claims {
-				b, ok := lk[c.BucketKey]
-				if !ok {
-					return nil, fmt.Errorf("order %s claims bucket %v outside its lines", id, c.BucketKey)
-				}
-				b.Booked -= c.Quantity
-			}
-			if err := tx.DeleteClaims(ctx, claims); err != nil {
-				return nil, err
-			}
-			if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
+			if err := e.releaseClaims(ctx, w, id, func(b *allot.Bucket, q int) { b.Booked -= q }); err != nil {
 				return nil, err
 			}
 		}
 		t := allot.Transition{From: o.Status, To: to, Cause: cause, At: e.now()}
-		if err := tx.SetOrderStatus(ctx, id, t); err != nil {
+		if err := w.SetOrderStatus(ctx, id, t); err != nil {
 			return nil, err
 		}
 		o.Status, o.UpdatedAt, o.History = to, t.At, append(o.History, t)
-		return o, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventOrderStatus, firstResource(lineList(o.Lines)), id, o.HoldID,
-			map[string]any{"order": o, "transition": t})})
-	})
+		w.emit(e.event(allot.EventOrderStatus, firstResource(lineList(o.Lines)), id, o.HoldID, map[string]any{"order": o, "transition": t}))
+		return o, nil
+	}))
 	if err != nil {
 		return allot.Order{}, err
 	}

@@ -102,16 +102,17 @@ func (e *Engine) CreateResource(ctx context.Context, in ResourceInput) (allot.Re
 		r.Slots = append(r.Slots, s)
 	}
 	sort.Slice(r.Slots, func(i, j int) bool { return r.Slots[i].ID < r.Slots[j].ID })
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		err := tx.InsertResource(ctx, r)
+	v, err := e.do(ctx, &op{shard: r.ID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		err := w.InsertResource(ctx, r)
 		if errors.Is(err, allot.ErrConflict) {
 			return nil, &allot.Error{Code: allot.CodeAlreadyExists, Field: "id", Line: -1, Detail: fmt.Sprintf("resource %q already exists", r.ID)}
 		}
 		if err != nil {
 			return nil, err
 		}
-		return r, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventResourceCreated, r.ID, "", "", r)})
-	})
+		w.emit(e.event(allot.EventResourceCreated, r.ID, "", "", r))
+		return r, nil
+	}})
 	if err != nil {
 		return allot.Resource{}, err
 	}
@@ -140,8 +141,8 @@ func (e *Engine) AddSlot(ctx context.Context, resourceID string, in SlotInput) (
 	if err != nil {
 		return s, err
 	}
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		err := tx.InsertSlot(ctx, resourceID, s)
+	v, err := e.do(ctx, &op{shard: resourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		err := w.InsertSlot(ctx, resourceID, s)
 		if errors.Is(err, allot.ErrConflict) {
 			return nil, &allot.Error{Code: allot.CodeAlreadyExists, Field: "id", Line: -1, Detail: fmt.Sprintf("resource %q already has slot %q", resourceID, s.ID)}
 		}
@@ -149,8 +150,9 @@ func (e *Engine) AddSlot(ctx context.Context, resourceID string, in SlotInput) (
 			return nil, err
 		}
 		b := allot.Bucket{BucketKey: allot.BucketKey{ResourceID: resourceID, Key: s.ID}, Capacity: s.Capacity}
-		return s, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventCapacityChanged, resourceID, "", "", []BucketView{view(b)})})
-	})
+		w.emit(e.event(allot.EventCapacityChanged, resourceID, "", "", []BucketView{view(b)}))
+		return s, nil
+	}})
 	if err != nil {
 		return allot.Slot{}, err
 	}
@@ -205,48 +207,35 @@ func (e *Engine) SetCapacity(ctx context.Context, resourceID string, in Capacity
 		specs[i] = allot.BucketSpec{BucketKey: bkeys[i], DefaultCapacity: res.Capacity, Create: res.Kind == allot.KindNightly}
 	}
 	c := *in.Capacity
-	v, err := e.write(ctx, func(tx allot.Tx) (any, error) {
-		lk, bs, err := e.lock(ctx, tx, specs)
-		if allot.CodeOf(err) == allot.CodeNotFound {
+	v, err := e.do(ctx, &op{specs: specs, shard: resourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		if _, ok := w.need(bkeys); !ok {
 			return nil, allot.Errorf(allot.CodeNotFound, "resource %q has no slot %q", resourceID, in.Slot)
 		}
-		if err != nil {
-			return nil, err
-		}
 		over := func() *allot.Bucket {
-			for i := range bs {
-				if b := lk[bs[i].BucketKey]; b.Held+b.Booked > c {
+			for _, k := range bkeys {
+				if b := w.lk[k]; b.Held+b.Booked > c {
 					return b
 				}
 			}
 			return nil
 		}
 		if over() != nil {
-			freed, err := e.expireOn(ctx, tx, lk, bkeys)
-			if err != nil {
+			if _, err := e.expireOn(ctx, w, bkeys); err != nil {
 				return nil, err
-			}
-			if freed {
-				if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
-					return nil, err
-				}
 			}
 			if b := over(); b != nil {
 				return nil, &allot.Error{Code: allot.CodeCapacityBelowUsage, Field: "capacity", Line: -1, Bucket: &b.BucketKey,
 					Detail: fmt.Sprintf("bucket %q has %d held and %d booked; capacity cannot go below %d", b.Key, b.Held, b.Booked, b.Held+b.Booked)}
 			}
 		}
-		out := make([]BucketView, 0, len(bs))
-		for _, b := range bucketList(lk) {
-			b.Capacity = c
-			lk[b.BucketKey].Capacity = c
-			out = append(out, view(b))
+		out := make([]BucketView, 0, len(bkeys))
+		for _, k := range bkeys {
+			w.lk[k].Capacity = c
+			out = append(out, view(*w.lk[k]))
 		}
-		if err := tx.SaveBuckets(ctx, bucketList(lk)); err != nil {
-			return nil, err
-		}
-		return out, tx.AppendEvents(ctx, []allot.Event{e.event(allot.EventCapacityChanged, resourceID, "", "", out)})
-	})
+		w.emit(e.event(allot.EventCapacityChanged, resourceID, "", "", out))
+		return out, nil
+	}})
 	if err != nil {
 		return nil, err
 	}

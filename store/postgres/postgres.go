@@ -126,7 +126,14 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 // are re-read at their latest committed version, which is what the engine
 // decides on.
 func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(t pgx.Tx) error { return fn(&tx{q: q{db: t}}) })
+	return pgx.BeginFunc(ctx, s.pool, func(pt pgx.Tx) error {
+		t := &tx{pt: pt}
+		t.q = q{db: flushing{t}}
+		if err := fn(t); err != nil {
+			return err
+		}
+		return t.flush(ctx)
+	})
 }
 
 // IsRetryable reports deadlocks and serialization failures.
@@ -405,8 +412,70 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 	return int(tag.RowsAffected()), err
 }
 
-// tx is one write transaction.
-type tx struct{ q }
+// tx is one write transaction. Writes whose result is not needed at once
+// are queued and sent together, pipelined in one round trip, before the next
+// read or the commit: a batch of many requests costs a few round trips, not
+// a few per request. A queued write that fails fails the transaction.
+type tx struct {
+	q
+	pt      pgx.Tx
+	pending pgx.Batch
+}
+
+// queue adds a write; check, if set, judges its command tag.
+func (t *tx) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
+	qq := t.pending.Queue(sql, args...)
+	if check != nil {
+		qq.Exec(func(ct pgconn.CommandTag) error { return check(ct) })
+	}
+}
+
+func (t *tx) flush(ctx context.Context) error {
+	if t.pending.Len() == 0 {
+		return nil
+	}
+	b := t.pending
+	t.pending = pgx.Batch{}
+	return t.pt.SendBatch(ctx, &b).Close()
+}
+
+// flushing is the transaction's querier: every statement sent directly
+// first sends the queued writes, so reads see them.
+type flushing struct{ t *tx }
+
+func (f flushing) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := f.t.flush(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return f.t.pt.Exec(ctx, sql, args...)
+}
+
+func (f flushing) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := f.t.flush(ctx); err != nil {
+		return nil, err
+	}
+	return f.t.pt.Query(ctx, sql, args...)
+}
+
+func (f flushing) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := f.t.flush(ctx); err != nil {
+		return errRow{err}
+	}
+	return f.t.pt.QueryRow(ctx, sql, args...)
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+func rowsAffected(want error) func(pgconn.CommandTag) error {
+	return func(ct pgconn.CommandTag) error {
+		if ct.RowsAffected() == 0 {
+			return want
+		}
+		return nil
+	}
+}
 
 var _ allot.Tx = (*tx)(nil)
 
@@ -480,10 +549,10 @@ func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
 	for i, b := range bs {
 		rs[i], ks[i], cs[i], hs[i], bks[i] = b.ResourceID, b.Key, int32(b.Capacity), int32(b.Held), int32(b.Booked)
 	}
-	_, err := t.db.Exec(ctx, `UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
+	t.queue(nil, `UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[]) AS v(r, k, c, h, bk)
 		WHERE b.resource_id = v.r AND b.bkey = v.k`, rs, ks, cs, hs, bks)
-	return err
+	return nil
 }
 
 func claimArrays(cs []allot.Claim) (os, rs, ks, kinds []string, qs []int32) {
@@ -499,9 +568,9 @@ func (t *tx) AddClaims(ctx context.Context, cs []allot.Claim) error {
 		return nil
 	}
 	os, rs, ks, kinds, qs := claimArrays(cs)
-	_, err := t.db.Exec(ctx, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity)
+	t.queue(nil, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])`, os, rs, ks, kinds, qs)
-	return err
+	return nil
 }
 
 func (t *tx) OwnerClaims(ctx context.Context, ownerID string) ([]allot.Claim, error) {
@@ -513,14 +582,14 @@ func (t *tx) DeleteClaims(ctx context.Context, cs []allot.Claim) error {
 		return nil
 	}
 	os, rs, ks, _, _ := claimArrays(cs)
-	_, err := t.db.Exec(ctx, `DELETE FROM claims c USING unnest($1::text[], $2::text[], $3::text[]) AS v(o, r, k)
+	t.queue(nil, `DELETE FROM claims c USING unnest($1::text[], $2::text[], $3::text[]) AS v(o, r, k)
 		WHERE c.owner_id = v.o AND c.resource_id = v.r AND c.bkey = v.k`, os, rs, ks)
-	return err
+	return nil
 }
 
 func (t *tx) MoveClaims(ctx context.Context, from, to string, k allot.ClaimKind) error {
-	_, err := t.db.Exec(ctx, `UPDATE claims SET owner_id = $1, kind = $2 WHERE owner_id = $3`, to, string(k), from)
-	return err
+	t.queue(nil, `UPDATE claims SET owner_id = $1, kind = $2 WHERE owner_id = $3`, to, string(k), from)
+	return nil
 }
 
 func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now time.Time) ([]allot.Claim, error) {
@@ -536,17 +605,14 @@ func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now 
 }
 
 func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
-	_, err := t.db.Exec(ctx, `INSERT INTO holds (`+holdCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+	t.queue(nil, `INSERT INTO holds (`+holdCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
 		h.ID, string(h.Status), h.CustomerID, h.ExpiresAt, h.CreatedAt, h.OrderID, rowcodec.Lines(h.Lines))
-	return err
+	return nil
 }
 
 func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, orderID string) error {
-	tag, err := t.db.Exec(ctx, `UPDATE holds SET status = $1, order_id = $2 WHERE id = $3`, string(st), orderID, id)
-	if err == nil && tag.RowsAffected() == 0 {
-		return allot.ErrNotFound
-	}
-	return err
+	t.queue(rowsAffected(allot.ErrNotFound), `UPDATE holds SET status = $1, order_id = $2 WHERE id = $3`, string(st), orderID, id)
+	return nil
 }
 
 func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) {
@@ -555,23 +621,13 @@ func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) {
 
 func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
 	minor, scale, cur := rowcodec.Money(o.Total)
-	_, err := t.db.Exec(ctx, `INSERT INTO orders (`+orderCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+	t.queue(nil, `INSERT INTO orders (`+orderCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, o.CreatedAt, o.UpdatedAt)
-	if err != nil {
-		return err
-	}
-	for i, h := range o.History {
-		if err := t.transition(ctx, o.ID, i+1, h); err != nil {
-			return err
-		}
+	for i, tr := range o.History {
+		t.queue(nil, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at) VALUES ($1, $2, $3, $4, $5, $6)`,
+			o.ID, i+1, string(tr.From), string(tr.To), tr.Cause, tr.At)
 	}
 	return nil
-}
-
-func (t *tx) transition(ctx context.Context, orderID string, seq int, tr allot.Transition) error {
-	_, err := t.db.Exec(ctx, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at) VALUES ($1, $2, $3, $4, $5, $6)`,
-		orderID, seq, string(tr.From), string(tr.To), tr.Cause, tr.At)
-	return err
 }
 
 func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) {
@@ -583,17 +639,11 @@ func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) {
 }
 
 func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition) error {
-	tag, err := t.db.Exec(ctx, `UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3`, string(tr.To), tr.At, id)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return allot.ErrNotFound
-	}
-	_, err = t.db.Exec(ctx, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at)
+	t.queue(rowsAffected(allot.ErrNotFound), `UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3`, string(tr.To), tr.At, id)
+	t.queue(nil, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at)
 		SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_transitions WHERE order_id = $1`,
 		id, string(tr.From), string(tr.To), tr.Cause, tr.At)
-	return err
+	return nil
 }
 
 func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
@@ -605,16 +655,13 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 	for i, e := range es {
 		ids[i], types[i], rs[i], os[i], hs[i], ats[i], payloads[i] = e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, e.At, string(e.Payload)
 	}
-	_, err := t.db.Exec(ctx, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
+	t.queue(nil, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
 		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
 		ids, types, rs, os, hs, ats, payloads)
-	return err
+	return nil
 }
 
 func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error {
-	tag, err := t.db.Exec(ctx, `UPDATE idempotency_keys SET done = true, status = $1, body = $2 WHERE key = $3 AND token = $4 AND NOT done`, status, body, key, token)
-	if err == nil && tag.RowsAffected() == 0 {
-		return allot.ErrIdempotencyLost
-	}
-	return err
+	t.queue(rowsAffected(allot.ErrIdempotencyLost), `UPDATE idempotency_keys SET done = true, status = $1, body = $2 WHERE key = $3 AND token = $4 AND NOT done`, status, body, key, token)
+	return nil
 }

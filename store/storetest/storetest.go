@@ -46,28 +46,48 @@ type env struct {
 	clock *Clock
 }
 
-func newEnv(t *testing.T, open Opener) *env {
-	s := open(t)
-	t.Cleanup(func() { s.Close() })
-	c := NewClock()
-	return &env{t: t, ctx: context.Background(), store: s, eng: engine.New(s, engine.Options{Now: c.Now}), clock: c}
+// suite is the conformance suite for one store in one engine mode.
+type suite struct {
+	open     Opener
+	batching engine.Batching
 }
 
-// Run runs the whole suite.
+func (s suite) env(t *testing.T) *env {
+	st := s.open(t)
+	c := NewClock()
+	eng := engine.New(st, engine.Options{Now: c.Now, Batching: s.batching})
+	t.Cleanup(func() { eng.Close(); st.Close() })
+	return &env{t: t, ctx: context.Background(), store: st, eng: eng, clock: c}
+}
+
+// Run runs the whole suite twice: with every request in its own
+// transaction, and with concurrent requests batched.
 func Run(t *testing.T, open Opener) {
-	t.Run("Resources", func(t *testing.T) { testResources(t, open) })
-	t.Run("HoldBookCancel", func(t *testing.T) { testHoldBookCancel(t, open) })
-	t.Run("Refusals", func(t *testing.T) { testRefusals(t, open) })
-	t.Run("Capacity", func(t *testing.T) { testCapacity(t, open) })
-	t.Run("Expiry", func(t *testing.T) { testExpiry(t, open) })
-	t.Run("OrderFromHold", func(t *testing.T) { testOrderFromHold(t, open) })
-	t.Run("ListOrders", func(t *testing.T) { testListOrders(t, open) })
-	t.Run("Events", func(t *testing.T) { testEvents(t, open) })
-	t.Run("IdempotencyClaims", func(t *testing.T) { testIdempotencyClaims(t, open) })
-	t.Run("IdempotentWrite", func(t *testing.T) { testIdempotentWrite(t, open) })
-	t.Run("RaceLastUnits", func(t *testing.T) { testRaceLastUnits(t, open) })
-	t.Run("RaceOverlappingStays", func(t *testing.T) { testRaceOverlappingStays(t, open) })
-	t.Run("RaceMixed", func(t *testing.T) { testRaceMixed(t, open) })
+	for _, m := range []struct {
+		name string
+		b    engine.Batching
+	}{
+		{"Single", engine.Batching{}},
+		{"Batched", engine.Batching{Workers: 2, MaxSize: 16, Linger: time.Millisecond}},
+	} {
+		t.Run(m.name, func(t *testing.T) { suite{open, m.b}.run(t) })
+	}
+}
+
+func (s suite) run(t *testing.T) {
+	t.Run("Resources", s.testResources)
+	t.Run("HoldBookCancel", s.testHoldBookCancel)
+	t.Run("Refusals", s.testRefusals)
+	t.Run("Capacity", s.testCapacity)
+	t.Run("Expiry", s.testExpiry)
+	t.Run("OrderFromHold", s.testOrderFromHold)
+	t.Run("ListOrders", s.testListOrders)
+	t.Run("Events", s.testEvents)
+	t.Run("IdempotencyClaims", s.testIdempotencyClaims)
+	t.Run("IdempotentWrite", s.testIdempotentWrite)
+	t.Run("RaceLastUnits", s.testRaceLastUnits)
+	t.Run("RaceOverlappingStays", s.testRaceOverlappingStays)
+	t.Run("RaceMixed", s.testRaceMixed)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -191,8 +211,8 @@ func CheckInvariants(t *testing.T, ctx context.Context, s allot.Reader, resource
 	}
 }
 
-func testResources(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testResources(t *testing.T) {
+	e := s.env(t)
 	r := e.room("room-101", 1)
 	if r.Kind != allot.KindNightly || r.Capacity != 1 || r.Price.Amount() != "120.00" {
 		t.Fatalf("created %+v", r)
@@ -206,18 +226,18 @@ func testResources(t *testing.T, open Opener) {
 	wantCode(t, err, allot.CodeAlreadyExists)
 
 	start := time.Date(2027, 1, 1, 9, 0, 0, 0, time.UTC)
-	s := e.resource(engine.ResourceInput{Name: "yoga", Kind: allot.KindSlot, Capacity: ptr(10),
+	yoga := e.resource(engine.ResourceInput{Name: "yoga", Kind: allot.KindSlot, Capacity: ptr(10),
 		Slots: []engine.SlotInput{{ID: "mon", StartsAt: &start}, {ID: "tue", StartsAt: ptr(start.Add(24 * time.Hour)), Capacity: ptr(3)}}})
-	got, err = e.eng.GetResource(e.ctx, s.ID)
+	got, err = e.eng.GetResource(e.ctx, yoga.ID)
 	e.must(err)
 	if len(got.Slots) != 2 || got.Slots[0].Capacity != 10 || got.Slots[1].Capacity != 3 || !got.Slots[0].StartsAt.Equal(start) {
 		t.Fatalf("slots %+v", got.Slots)
 	}
-	_, err = e.eng.AddSlot(e.ctx, s.ID, engine.SlotInput{ID: "wed", StartsAt: ptr(start.Add(48 * time.Hour))})
+	_, err = e.eng.AddSlot(e.ctx, yoga.ID, engine.SlotInput{ID: "wed", StartsAt: ptr(start.Add(48 * time.Hour))})
 	e.must(err)
-	_, err = e.eng.AddSlot(e.ctx, s.ID, engine.SlotInput{ID: "wed", StartsAt: &start})
+	_, err = e.eng.AddSlot(e.ctx, yoga.ID, engine.SlotInput{ID: "wed", StartsAt: &start})
 	wantCode(t, err, allot.CodeAlreadyExists)
-	a, err := e.eng.Availability(e.ctx, s.ID, ptr(allot.MustDate("2027-01-02")), ptr(allot.MustDate("2027-01-04")))
+	a, err := e.eng.Availability(e.ctx, yoga.ID, ptr(allot.MustDate("2027-01-02")), ptr(allot.MustDate("2027-01-04")))
 	e.must(err)
 	if len(a.Buckets) != 2 || a.Buckets[0].Key != "tue" || a.Buckets[1].Key != "wed" {
 		t.Fatalf("slots starting 2027-01-02..04: %+v", a.Buckets)
@@ -226,8 +246,8 @@ func testResources(t *testing.T, open Opener) {
 	wantCode(t, err, allot.CodeNotFound)
 }
 
-func testHoldBookCancel(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testHoldBookCancel(t *testing.T) {
+	e := s.env(t)
 	e.room("suite", 2)
 	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{stay("suite", "2027-03-01", "2027-03-04", 1)}, CustomerID: "c1"})
 	e.must(err)
@@ -286,8 +306,8 @@ func testHoldBookCancel(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "suite")
 }
 
-func testRefusals(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testRefusals(t *testing.T) {
+	e := s.env(t)
 	e.stock("widget", 5)
 	e.room("r1", 1)
 	_, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("widget", 3)}})
@@ -339,8 +359,8 @@ func testRefusals(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "widget", "r1")
 }
 
-func testCapacity(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testCapacity(t *testing.T) {
+	e := s.env(t)
 	e.room("hall", 3)
 	e.stock("book", 1)
 	_, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{stay("hall", "2027-06-02", "2027-06-03", 2)}})
@@ -383,8 +403,8 @@ func testCapacity(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "hall", "book")
 }
 
-func testExpiry(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testExpiry(t *testing.T) {
+	e := s.env(t)
 	e.stock("seat", 2)
 	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("seat", 2)}, TTL: time.Minute})
 	e.must(err)
@@ -443,8 +463,8 @@ func testExpiry(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "seat", "r")
 }
 
-func testOrderFromHold(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testOrderFromHold(t *testing.T) {
+	e := s.env(t)
 	e.stock("tee", 10)
 	mk := func() allot.Hold {
 		h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("tee", 1)}, CustomerID: "alice", TTL: time.Minute})
@@ -485,8 +505,8 @@ func testOrderFromHold(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "tee")
 }
 
-func testListOrders(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testListOrders(t *testing.T) {
+	e := s.env(t)
 	e.stock("pen", 100)
 	var ids []string
 	for i := range 7 {
@@ -525,8 +545,8 @@ func testListOrders(t *testing.T, open Opener) {
 	wantCode(t, err, allot.CodeInvalid)
 }
 
-func testEvents(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testEvents(t *testing.T) {
+	e := s.env(t)
 	e.stock("mug", 3)
 	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("mug", 1)}})
 	e.must(err)
@@ -562,8 +582,8 @@ func testEvents(t *testing.T, open Opener) {
 	}
 }
 
-func testIdempotencyClaims(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testIdempotencyClaims(t *testing.T) {
+	e := s.env(t)
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	claim := allot.IdempotencyClaim{Key: "k1", Hash: "h1", Token: "t1", At: now}
 	rec, err := e.store.ClaimIdempotencyKey(e.ctx, claim, time.Minute)
@@ -608,8 +628,8 @@ func testIdempotencyClaims(t *testing.T, open Opener) {
 
 // testIdempotentWrite races many duplicates of one keyed booking: the effect
 // happens once, every duplicate gets the stored response or "in flight".
-func testIdempotentWrite(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testIdempotentWrite(t *testing.T) {
+	e := s.env(t)
 	e.stock("lamp", 100)
 	const n = 16
 	var wg sync.WaitGroup
@@ -664,7 +684,7 @@ func testIdempotentWrite(t *testing.T, open Opener) {
 	CheckInvariants(t, e.ctx, e.store, "lamp")
 }
 
-func testRaceLastUnits(t *testing.T, open Opener) {
+func (s suite) testRaceLastUnits(t *testing.T) {
 	for _, c := range []struct {
 		name     string
 		capacity int
@@ -675,7 +695,7 @@ func testRaceLastUnits(t *testing.T, open Opener) {
 		{"holds", 5, 40, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, open)
+			e := s.env(t)
 			e.stock("ticket", c.capacity)
 			var ok, refused atomic.Int32
 			var wg sync.WaitGroup
@@ -714,8 +734,8 @@ func testRaceLastUnits(t *testing.T, open Opener) {
 
 // testRaceOverlappingStays is seed 000's TODO: two overlapping stays on a
 // capacity-1 room can never both succeed.
-func testRaceOverlappingStays(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testRaceOverlappingStays(t *testing.T) {
+	e := s.env(t)
 	e.room("room-7", 1)
 	stays := [][2]string{
 		{"2027-08-01", "2027-08-04"}, {"2027-08-03", "2027-08-06"}, {"2027-08-02", "2027-08-03"},
@@ -759,8 +779,8 @@ func testRaceOverlappingStays(t *testing.T, open Opener) {
 // testRaceMixed interleaves holds, orders from holds, direct orders,
 // releases, cancels and expiries at random across goroutines, then checks
 // the invariants and that every unit is accounted for.
-func testRaceMixed(t *testing.T, open Opener) {
-	e := newEnv(t, open)
+func (s suite) testRaceMixed(t *testing.T) {
+	e := s.env(t)
 	e.room("hotel", 4)
 	e.stock("shop", 6)
 	var wg sync.WaitGroup

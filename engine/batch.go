@@ -1,0 +1,285 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/allot/allot"
+)
+
+// Batching configures how the engine groups concurrent writes on buckets
+// (holds, orders, cancels, releases) into shared transactions.
+//
+// A row lock held across a commit caps one hot bucket at about one commit
+// per fsync. A batch locks the union of its requests' buckets once, in key
+// order, decides every request in memory in arrival order, writes all the
+// results and commits once: one fsync for the whole batch. A request's
+// refusal is only its own answer; a database error fails the batch, whose
+// requests are then run one by one so that one bad request cannot fail its
+// neighbours.
+type Batching struct {
+	// Workers is how many batches may run at once. Requests are spread
+	// over workers by the resource of their first line, so requests for a
+	// hot resource meet in one queue. Zero disables batching: every
+	// request is its own transaction (the naive engine).
+	Workers int
+	// MaxSize bounds the requests in one batch (default 256).
+	MaxSize int
+	// Linger is how long a batch may wait for company after its first
+	// request. Zero means natural batching only: a batch takes whatever
+	// queued while the previous one ran, and never waits.
+	Linger time.Duration
+}
+
+// op is one write request: prepared outside any transaction (validation,
+// reading the lines of the hold or order it acts on), then applied inside a
+// batch transaction on the batch's locked buckets.
+type op struct {
+	idem  *Idem
+	specs []allot.BucketSpec
+	shard string
+	// apply decides and writes through w. It returns a result, or a domain
+	// error after changing nothing in w but what may stand on its own
+	// (releasing expired holds); any other error fails the batch.
+	apply func(ctx context.Context, w *wtx) (any, error)
+	done  chan opResult
+}
+
+type opResult struct {
+	v   any
+	err error
+}
+
+// wtx is a write transaction shared by a batch's requests: the locked
+// buckets as they stand after the requests applied so far, and the events
+// they appended.
+type wtx struct {
+	allot.Tx
+	lk     locked
+	orig   map[allot.BucketKey]allot.Bucket
+	events []allot.Event
+}
+
+func (w *wtx) emit(es ...allot.Event) { w.events = append(w.events, es...) }
+
+// need checks that every key is locked in this transaction; a key that is
+// not is a bucket that does not exist.
+func (w *wtx) need(keys []allot.BucketKey) (allot.BucketKey, bool) {
+	for _, k := range keys {
+		if _, ok := w.lk[k]; !ok {
+			return k, false
+		}
+	}
+	return allot.BucketKey{}, true
+}
+
+// dirty lists the buckets the batch changed, in key order.
+func (w *wtx) dirty() []allot.Bucket {
+	var out []allot.Bucket
+	for k, b := range w.lk {
+		if *b != w.orig[k] {
+			out = append(out, *b)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j].BucketKey) })
+	return out
+}
+
+// batcher queues ops per worker.
+type batcher struct {
+	cfg     Batching
+	queues  []chan *op
+	wg      sync.WaitGroup
+	stopped chan struct{}
+}
+
+func (e *Engine) startBatcher(cfg Batching) {
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = 256
+	}
+	b := &batcher{cfg: cfg, stopped: make(chan struct{})}
+	for range cfg.Workers {
+		q := make(chan *op, 4*cfg.MaxSize)
+		b.queues = append(b.queues, q)
+		b.wg.Add(1)
+		go e.batchLoop(b, q)
+	}
+	e.batch = b
+}
+
+// Close stops the batch workers after the queued requests are done.
+func (e *Engine) Close() {
+	if e.batch == nil {
+		return
+	}
+	e.closeOnce.Do(func() {
+		e.batchMu.Lock()
+		for _, q := range e.batch.queues {
+			close(q)
+		}
+		e.batchClosed = true
+		e.batchMu.Unlock()
+		e.batch.wg.Wait()
+	})
+}
+
+func (e *Engine) batchLoop(b *batcher, q chan *op) {
+	defer b.wg.Done()
+	for first := range q {
+		batch := []*op{first}
+		var deadline <-chan time.Time
+		var timer *time.Timer
+		if b.cfg.Linger > 0 {
+			timer = time.NewTimer(b.cfg.Linger)
+			deadline = timer.C
+		}
+	gather:
+		for len(batch) < b.cfg.MaxSize {
+			select {
+			case o, ok := <-q:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, o)
+			default:
+				if deadline == nil {
+					break gather
+				}
+				select {
+				case o, ok := <-q:
+					if !ok {
+						break gather
+					}
+					batch = append(batch, o)
+				case <-deadline:
+					break gather
+				}
+			}
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		e.runBatch(batch)
+	}
+}
+
+// do runs an op: through the batcher when batching is on, else on its own.
+func (e *Engine) do(ctx context.Context, o *op) (any, error) {
+	o.idem = idemFrom(ctx)
+	if e.batch == nil {
+		e.runOne(o)
+	} else {
+		o.done = make(chan opResult, 1)
+		h := fnv.New32a()
+		h.Write([]byte(o.shard))
+		e.batchMu.RLock()
+		if e.batchClosed {
+			e.batchMu.RUnlock()
+			return nil, errors.New("engine: closed")
+		}
+		e.batch.queues[int(h.Sum32())%len(e.batch.queues)] <- o
+		e.batchMu.RUnlock()
+		// The op runs even if the caller goes away: it may commit, and its
+		// Idempotency-Key then answers the retry.
+		r := <-o.done
+		return r.v, r.err
+	}
+	r := <-o.done
+	return r.v, r.err
+}
+
+func (e *Engine) runOne(o *op) {
+	if o.done == nil {
+		o.done = make(chan opResult, 1)
+	}
+	e.runBatch([]*op{o})
+}
+
+// batchTimeout bounds one batch transaction.
+const batchTimeout = 30 * time.Second
+
+// runBatch applies ops in one transaction and answers each. If the
+// transaction fails, a batch of several is split into single ops (so the
+// failure stays with the op that caused it); a single op is retried when the
+// failure is transient.
+func (e *Engine) runBatch(ops []*op) {
+	results := make([]opResult, len(ops))
+	var err error
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		err = e.store.Write(ctx, func(tx allot.Tx) error { return e.applyBatch(ctx, tx, ops, results) })
+		cancel()
+		if err == nil || len(ops) > 1 || attempt >= maxAttempts || !e.store.IsRetryable(err) {
+			break
+		}
+		e.log.Debug("retrying transaction", "attempt", attempt, "err", err)
+		time.Sleep(time.Duration(attempt*attempt) * time.Millisecond)
+	}
+	e.metrics.batch(len(ops), err)
+	if err != nil && len(ops) > 1 {
+		e.log.Warn("batch failed; running its requests one by one", "size", len(ops), "err", err)
+		for _, o := range ops {
+			e.runBatch([]*op{o})
+		}
+		return
+	}
+	for i, o := range ops {
+		r := results[i]
+		if err != nil {
+			r = opResult{err: err}
+			if errors.Is(err, allot.ErrIdempotencyLost) {
+				r.err = allot.Errorf(allot.CodeIdempotencyInFlight, "another request with this Idempotency-Key took over; retry to get its response")
+			}
+		} else if o.idem != nil {
+			o.idem.Completed = true
+		}
+		o.done <- r
+	}
+}
+
+func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results []opResult) error {
+	seen := map[allot.BucketKey]bool{}
+	var specs []allot.BucketSpec
+	for _, o := range ops {
+		for _, s := range o.specs {
+			if !seen[s.BucketKey] {
+				seen[s.BucketKey] = true
+				specs = append(specs, s)
+			}
+		}
+	}
+	sort.Slice(specs, func(i, j int) bool { return specs[i].Less(specs[j].BucketKey) })
+	var bs []allot.Bucket
+	if len(specs) > 0 {
+		var err error
+		if bs, err = tx.LockBuckets(ctx, specs); err != nil {
+			return err
+		}
+	}
+	w := &wtx{Tx: tx, lk: make(locked, len(bs)), orig: make(map[allot.BucketKey]allot.Bucket, len(bs))}
+	for i := range bs {
+		w.lk[bs[i].BucketKey] = &bs[i]
+		w.orig[bs[i].BucketKey] = bs[i]
+	}
+	for i, o := range ops {
+		v, err := o.apply(ctx, w)
+		if err != nil && allot.CodeOf(err) == "" {
+			return err
+		}
+		results[i] = opResult{v, err}
+		if o.idem != nil {
+			status, body := o.idem.Render(v, err)
+			if err := tx.CompleteIdempotencyKey(ctx, o.idem.Key, o.idem.Token, status, body); err != nil {
+				return err
+			}
+		}
+	}
+	if err := tx.SaveBuckets(ctx, w.dirty()); err != nil {
+		return err
+	}
+	return tx.AppendEvents(ctx, w.events)
+}
