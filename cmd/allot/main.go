@@ -18,6 +18,7 @@ import (
 	nethttp "net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -40,10 +41,13 @@ const usage = `allot: a booking engine that sells every unit of capacity at most
 Usage:
   allot serve   [--addr HOST:PORT] [--db URL]   serve the API (migrates first)
   allot migrate [--db URL]                      migrate the database and exit
+  allot bench   [flags]                         load-test a server; allot bench -h
 
 --db is sqlite:PATH (default sqlite:allot-data/allot.db, nothing to install)
 or postgres://user@host:port/db (several allot processes may share it).
-Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_LOG_LEVEL (debug|info|warn|error).
+serve also takes --engine batch|naive, --batch-workers, --batch-max,
+--batch-linger and --cpuprofile FILE.
+Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error).
 `
 
 func run(args []string, stderr io.Writer) int {
@@ -60,11 +64,28 @@ func run(args []string, stderr io.Writer) int {
 	addr := fs.String("addr", env("ALLOT_ADDR", "127.0.0.1:8080"), "listen address (ALLOT_ADDR)")
 	db := fs.String("db", env("ALLOT_DB", defaultDB), "database URL: sqlite:PATH or postgres://... (ALLOT_DB)")
 	level := fs.String("log-level", env("ALLOT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (ALLOT_LOG_LEVEL)")
+	mode := fs.String("engine", env("ALLOT_ENGINE", "batch"), "write path: batch (group concurrent writes) or naive (one transaction per request) (ALLOT_ENGINE)")
+	workers := fs.Int("batch-workers", 0, "batches that may run at once (default 1 on SQLite, 4 on PostgreSQL)")
+	maxBatch := fs.Int("batch-max", 256, "most requests in one batch")
+	linger := fs.Duration("batch-linger", 0, "how long a batch may wait for company (0: never wait)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server to this file until it stops")
+	if cmd == "bench" {
+		return runBench(args, stderr)
+	}
 	if cmd != "serve" && cmd != "migrate" {
 		fmt.Fprintf(stderr, "allot: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "allot %s: unexpected arguments %q\n", cmd, fs.Args())
+		return 2
+	}
+	batching, err := batchingFor(*mode, *db, *workers, *maxBatch, *linger)
+	if err != nil {
+		fmt.Fprintf(stderr, "allot: %v\n", err)
 		return 2
 	}
 	var lv slog.Level
@@ -87,7 +108,19 @@ func run(args []string, stderr io.Writer) int {
 	if cmd == "migrate" {
 		return 0
 	}
-	if err := serve(ctx, log, store, *addr); err != nil {
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Error("creating the CPU profile", "err", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Error("starting the CPU profile", "err", err)
+			return 1
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if err := serve(ctx, log, store, *addr, batching); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -116,6 +149,28 @@ func openStore(ctx context.Context, url string) (allot.Store, error) {
 	return nil, fmt.Errorf("unsupported database URL %q: use sqlite:PATH or postgres://...", redact(url))
 }
 
+// batchingFor turns the engine flags into the engine's batching.
+func batchingFor(mode, db string, workers, maxBatch int, linger time.Duration) (engine.Batching, error) {
+	switch mode {
+	case "naive":
+		return engine.Batching{}, nil
+	case "batch":
+	default:
+		return engine.Batching{}, fmt.Errorf("--engine must be batch or naive, not %q", mode)
+	}
+	if workers < 0 || maxBatch < 1 || linger < 0 || linger > time.Second {
+		return engine.Batching{}, fmt.Errorf("--batch-workers must be >= 0, --batch-max >= 1 and --batch-linger within 0..1s")
+	}
+	if workers == 0 {
+		// SQLite has one writer: one batch at a time is all it can use.
+		workers = 1
+		if strings.HasPrefix(db, "postgres") {
+			workers = 4
+		}
+	}
+	return engine.Batching{Workers: workers, MaxSize: maxBatch, Linger: linger}, nil
+}
+
 // redact hides a password in a database URL before it is logged.
 func redact(url string) string {
 	if at := strings.LastIndex(url, "@"); at > 0 {
@@ -130,8 +185,9 @@ func redact(url string) string {
 
 // serve runs the API until ctx ends, then drains in-flight requests: each
 // one either commits and is answered, or did not happen.
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string) error {
-	eng := engine.New(store, engine.Options{Logger: log})
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching) error {
+	eng := engine.New(store, engine.Options{Logger: log, Batching: b})
+	defer eng.Close()
 	srv := &nethttp.Server{
 		Handler:           allothttp.New(eng, log),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -150,7 +206,7 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("allot serving", "addr", ln.Addr().String())
+	log.Info("allot serving", "addr", ln.Addr().String(), "batch_workers", b.Workers, "batch_max", b.MaxSize, "batch_linger", b.Linger)
 	select {
 	case err := <-errc:
 		return err

@@ -156,58 +156,16 @@ func wantCode(t *testing.T, err error, code allot.Code) {
 	}
 }
 
-// CheckInvariants verifies, for each resource, that every bucket keeps
-// held + booked <= capacity, that held and booked equal the sums of the live
-// claims, that held claims belong to holds that are not booked or released,
-// and that booked claims belong to live orders that claim all their lines.
+// CheckInvariants fails t if engine.Check finds any broken invariant on the
+// resources.
 func CheckInvariants(t *testing.T, ctx context.Context, s allot.Reader, resourceIDs ...string) {
 	t.Helper()
-	for _, id := range resourceIDs {
-		bs, err := s.Buckets(ctx, id, "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs, err := s.Claims(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held, booked := map[string]int{}, map[string]int{}
-		owners := map[string]allot.ClaimKind{}
-		for _, c := range cs {
-			owners[c.OwnerID] = c.Kind
-			if c.Kind == allot.ClaimHeld {
-				held[c.Key] += c.Quantity
-			} else {
-				booked[c.Key] += c.Quantity
-			}
-		}
-		for _, b := range bs {
-			if b.Held < 0 || b.Booked < 0 || b.Held+b.Booked > b.Capacity {
-				t.Errorf("%s/%s oversold or negative: capacity %d held %d booked %d", id, b.Key, b.Capacity, b.Held, b.Booked)
-			}
-			if b.Held != held[b.Key] || b.Booked != booked[b.Key] {
-				t.Errorf("%s/%s: held %d booked %d, but claims sum to held %d booked %d", id, b.Key, b.Held, b.Booked, held[b.Key], booked[b.Key])
-			}
-		}
-		for owner, kind := range owners {
-			if kind == allot.ClaimHeld {
-				h, err := s.GetHold(ctx, owner)
-				if err != nil {
-					t.Fatalf("held claim of %s: %v", owner, err)
-				}
-				if h.Status == allot.HoldConverted || h.Status == allot.HoldReleased {
-					t.Errorf("hold %s is %s but still holds capacity", owner, h.Status)
-				}
-				continue
-			}
-			o, err := s.GetOrder(ctx, owner)
-			if err != nil {
-				t.Fatalf("booked claim of %s: %v", owner, err)
-			}
-			if !o.Status.Live() {
-				t.Errorf("order %s is %s but still books capacity", owner, o.Status)
-			}
-		}
+	a, err := engine.Check(ctx, s, resourceIDs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range a.Violations {
+		t.Error(v)
 	}
 }
 
