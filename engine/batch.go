@@ -208,6 +208,7 @@ const batchTimeout = 30 * time.Second
 // failure is transient.
 func (e *Engine) runBatch(ops []*op) {
 	results := make([]opResult, len(ops))
+	start := time.Now()
 	var err error
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
@@ -219,7 +220,7 @@ func (e *Engine) runBatch(ops []*op) {
 		e.log.Debug("retrying transaction", "attempt", attempt, "err", err)
 		time.Sleep(time.Duration(attempt*attempt) * time.Millisecond)
 	}
-	e.metrics.batch(len(ops), err)
+	e.metrics.batch(len(ops), time.Since(start), err)
 	if err != nil && len(ops) > 1 {
 		e.log.Warn("batch failed; running its requests one by one", "size", len(ops), "err", err)
 		for _, o := range ops {

@@ -63,6 +63,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"GET /healthz", nethttp.HandlerFunc(s.health)},
 		{"GET /v1/openapi.json", nethttp.HandlerFunc(serveOpenAPI)},
+		{"GET /v1/stats", s.handle(200, s.stats)},
 		{"POST /v1/resources", s.handle(201, s.createResource)},
 		{"GET /v1/resources/{id}", s.handle(200, s.getResource)},
 		{"PUT /v1/resources/{id}/capacity", s.handle(200, s.setCapacity)},
@@ -143,6 +144,10 @@ func (w *statusWriter) Unwrap() nethttp.ResponseWriter { return w.ResponseWriter
 func (s *Server) health(w nethttp.ResponseWriter, r *nethttp.Request) {
 	writeBody(w, 200, []byte("{\"status\":\"ok\"}\n"))
 }
+
+// stats reports the write path's counters (batches, their mean size and
+// duration), for operators and allot bench.
+func (s *Server) stats(r *nethttp.Request) (any, error) { return s.eng.Stats(), nil }
 
 func serveOpenAPI(w nethttp.ResponseWriter, r *nethttp.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=300")

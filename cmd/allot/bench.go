@@ -106,7 +106,7 @@ func runBench(args []string, stderr io.Writer) int {
 	cfg := bench.Config{Workload: *workload, Clients: *clients, Duration: *duration, Requests: *requests,
 		Capacity: *capacity, Rooms: *rooms, Prefix: "b" + stamp + "-", Progress: stderr}
 	file := benchFile{Date: time.Now().UTC().Format(time.RFC3339), Command: "allot bench " + strings.Join(args, " "),
-		Machine: fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
+		Machine:  fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
 		Workload: *workload, DB: redact(*db), Passed: true}
 
 	if *target != "" {
@@ -177,7 +177,6 @@ func runBench(args []string, stderr io.Writer) int {
 	}
 	return 0
 }
-
 
 // freshDB returns a new database for one server: a new SQLite file, or a
 // new schema on the PostgreSQL server (as search_path in the URL), with a
@@ -263,6 +262,10 @@ func benchServer(ctx context.Context, stderr io.Writer, cfg bench.Config, db, mo
 		return run, nil, err
 	}
 	run.Report.Engine = mode
+	if res, err := nethttp.Get(base + "/v1/stats"); err == nil {
+		run.Stats, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+	}
 	var hrun *benchRun
 	if health {
 		hcfg := cfg
@@ -365,6 +368,9 @@ func printSummary(w io.Writer, f benchFile) {
 		fmt.Fprintf(w, "%-30s %12.0f %12.0f %9.2f %9.2f %9.2f %9.2f %9s\n", r.Name, r.Report.OKPS, r.Report.RequestsPS, l.P50, l.P90, l.P99, l.Max, over)
 		if r.Report.Workload == "flash-sale" {
 			fmt.Fprintf(w, "%-30s won %d of %d units (%d buyers)\n", "", r.Report.Won, r.Report.Capacity, r.Report.Requests)
+		}
+		if len(r.Stats) > 0 {
+			fmt.Fprintf(w, "%-30s server: %s", "", r.Stats)
 		}
 		if r.Report.Errors > 0 {
 			fmt.Fprintf(w, "%-30s %d errors, first: %v\n", "", r.Report.Errors, r.Report.FirstErrors)

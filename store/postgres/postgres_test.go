@@ -10,7 +10,7 @@ import (
 	"github.com/allot/allot/store/storetest"
 )
 
-func open(t *testing.T) allot.Store {
+func open(t testing.TB) allot.Store {
 	url := pgtest.URL(t)
 	s, err := postgres.Open(context.Background(), url, postgres.Options{Schema: pgtest.Schema(t, url)})
 	if err != nil {
@@ -20,3 +20,5 @@ func open(t *testing.T) allot.Store {
 }
 
 func TestConformance(t *testing.T) { storetest.Run(t, open) }
+
+func BenchmarkEngine(b *testing.B) { storetest.Bench(b, open) }

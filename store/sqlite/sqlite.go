@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"modernc.org/sqlite"
@@ -36,6 +37,97 @@ type Store struct {
 	q
 	w *sql.DB // one connection: the single writer
 	r *sql.DB
+
+	// Prepared statements by query text. SQLite parsing a statement costs
+	// about as much as running it, and the driver does not cache.
+	mu    sync.Mutex
+	stmts map[*sql.DB]map[string]*sql.Stmt
+}
+
+// stmt returns query prepared on db, if it has been.
+func (s *Store) stmt(db *sql.DB, query string) *sql.Stmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stmts[db][query]
+}
+
+// prepare prepares queries on db for later use. It must not run inside a
+// transaction of the writer: the writer has one connection.
+func (s *Store) prepare(ctx context.Context, db *sql.DB, queries []string) {
+	for _, query := range queries {
+		if s.stmt(db, query) != nil {
+			continue
+		}
+		st, err := db.PrepareContext(ctx, query)
+		if err != nil {
+			continue // it will be prepared per use, as before
+		}
+		s.mu.Lock()
+		if s.stmts[db] == nil {
+			s.stmts[db] = map[string]*sql.Stmt{}
+		}
+		if s.stmts[db][query] == nil {
+			s.stmts[db][query] = st
+		} else {
+			st.Close()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// cached runs queries through prepared statements: on a pool, or inside
+// a transaction of the writer.
+type cached struct {
+	s  *Store
+	db *sql.DB
+	tx *sql.Tx // nil outside a transaction
+	// missed collects, in a transaction, queries to prepare after it.
+	missed *[]string
+}
+
+func (c cached) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	st := c.s.stmt(c.db, query)
+	switch {
+	case st != nil && c.tx != nil:
+		return c.tx.StmtContext(ctx, st), nil
+	case st != nil:
+		return st, nil
+	case c.tx != nil:
+		*c.missed = append(*c.missed, query)
+		return c.tx.PrepareContext(ctx, query)
+	}
+	c.s.prepare(ctx, c.db, []string{query})
+	if st := c.s.stmt(c.db, query); st != nil {
+		return st, nil
+	}
+	return c.db.PrepareContext(ctx, query)
+}
+
+func (c cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := c.prepared(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+func (c cached) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := c.prepared(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := c.prepared(ctx, query)
+	if err != nil {
+		// A Row carrying err: QueryRowContext on a cancelled context.
+		cctx, cancel := context.WithCancelCause(ctx)
+		cancel(err)
+		return c.db.QueryRowContext(cctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 var _ allot.Store = (*Store)(nil)
@@ -68,7 +160,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, err
 	}
 	r.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
-	s := &Store{q: q{db: r}, w: w, r: r}
+	s := &Store{w: w, r: r, stmts: map[*sql.DB]map[string]*sql.Stmt{}}
+	s.q = q{db: cached{s: s, db: r}}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -77,7 +170,16 @@ func Open(ctx context.Context, path string) (*Store, error) {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return errors.Join(s.w.Close(), s.r.Close()) }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for _, m := range s.stmts {
+		for _, st := range m {
+			st.Close()
+		}
+	}
+	s.mu.Unlock()
+	return errors.Join(s.w.Close(), s.r.Close())
+}
 
 // migrate applies the embedded migrations not yet applied, each in the one
 // write transaction (SQLite DDL is transactional).
@@ -128,7 +230,14 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 
 // Write runs fn in one write transaction.
 func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
-	return s.write(ctx, func(t *sql.Tx) error { return fn(&tx{q: q{db: t}}) })
+	var missed []string
+	err := s.write(ctx, func(t *sql.Tx) error {
+		return fn(&tx{q: q{db: cached{s: s, db: s.w, tx: t, missed: &missed}}})
+	})
+	if len(missed) > 0 {
+		s.prepare(context.WithoutCancel(ctx), s.w, missed)
+	}
+	return err
 }
 
 // IsRetryable reports a busy or locked database (another process writing).

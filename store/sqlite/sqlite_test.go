@@ -10,7 +10,7 @@ import (
 	"github.com/allot/allot/store/storetest"
 )
 
-func open(t *testing.T) allot.Store {
+func open(t testing.TB) allot.Store {
 	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -45,3 +45,5 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("after reopen: %+v, %v", r, err)
 	}
 }
+
+func BenchmarkEngine(b *testing.B) { storetest.Bench(b, open) }

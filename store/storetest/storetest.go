@@ -21,7 +21,7 @@ import (
 )
 
 // Opener returns a new, empty, isolated store; the suite closes it.
-type Opener func(t *testing.T) allot.Store
+type Opener func(t testing.TB) allot.Store
 
 // Clock is a settable clock for expiring holds in tests.
 type Clock struct {
