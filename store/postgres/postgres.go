@@ -415,28 +415,122 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 // tx is one write transaction. Writes whose result is not needed at once
 // are queued and sent together, pipelined in one round trip, before the next
 // read or the commit: a batch of many requests costs a few round trips, not
-// a few per request. A queued write that fails fails the transaction.
+// a few per request. Inserts into one table queued in one window become one
+// multi-row statement, placed where its first row was queued (rows inserted
+// in a window are never touched by another statement of the same window).
+// A queued write that fails fails the transaction.
 type tx struct {
 	q
 	pt      pgx.Tx
-	pending pgx.Batch
+	pending []any // *stmt or bulkRows, in order
+	bulk    map[string]bulkRows
 }
+
+type stmt struct {
+	sql   string
+	args  []any
+	check func(pgconn.CommandTag) error
+}
+
+// bulkRows accumulates rows for one multi-row INSERT.
+type bulkRows interface{ statement() (string, []any) }
 
 // queue adds a write; check, if set, judges its command tag.
 func (t *tx) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
-	qq := t.pending.Queue(sql, args...)
-	if check != nil {
-		qq.Exec(func(ct pgconn.CommandTag) error { return check(ct) })
+	t.pending = append(t.pending, &stmt{sql, args, check})
+}
+
+// rows returns the window's accumulator for kind, making it if needed.
+func (t *tx) rows(kind string, mk func() bulkRows) bulkRows {
+	if r, ok := t.bulk[kind]; ok {
+		return r
 	}
+	if t.bulk == nil {
+		t.bulk = map[string]bulkRows{}
+	}
+	r := mk()
+	t.bulk[kind] = r
+	t.pending = append(t.pending, r)
+	return r
 }
 
 func (t *tx) flush(ctx context.Context) error {
-	if t.pending.Len() == 0 {
+	if len(t.pending) == 0 {
 		return nil
 	}
-	b := t.pending
-	t.pending = pgx.Batch{}
+	var b pgx.Batch
+	for _, p := range t.pending {
+		switch p := p.(type) {
+		case *stmt:
+			qq := b.Queue(p.sql, p.args...)
+			if p.check != nil {
+				qq.Exec(p.check)
+			}
+		case bulkRows:
+			sql, args := p.statement()
+			b.Queue(sql, args...)
+		}
+	}
+	t.pending, t.bulk = t.pending[:0], nil
 	return t.pt.SendBatch(ctx, &b).Close()
+}
+
+type claimRows struct {
+	os, rs, ks, kinds []string
+	qs                []int32
+}
+
+func (r *claimRows) statement() (string, []any) {
+	return `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])`, []any{r.os, r.rs, r.ks, r.kinds, r.qs}
+}
+
+type holdRows struct {
+	ids, statuses, customers, orderIDs, lines []string
+	exps, createds                            []time.Time
+}
+
+func (r *holdRows) statement() (string, []any) {
+	return `INSERT INTO holds (` + holdCols + `)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[])`,
+		[]any{r.ids, r.statuses, r.customers, r.exps, r.createds, r.orderIDs, r.lines}
+}
+
+type orderRows struct {
+	ids, statuses, customers, holdIDs, lines []string
+	minors, scales                           []*int64
+	currencies                               []*string
+	createds, updateds                       []time.Time
+}
+
+func (r *orderRows) statement() (string, []any) {
+	return `INSERT INTO orders (` + orderCols + `)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[])`,
+		[]any{r.ids, r.statuses, r.customers, r.holdIDs, r.lines, r.minors, r.scales, r.currencies, r.createds, r.updateds}
+}
+
+type transitionRows struct {
+	orderIDs, froms, tos, causes []string
+	seqs                         []int32
+	ats                          []time.Time
+}
+
+func (r *transitionRows) statement() (string, []any) {
+	return `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at)
+		SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])`,
+		[]any{r.orderIDs, r.seqs, r.froms, r.tos, r.causes, r.ats}
+}
+
+type eventRows struct {
+	ids, types, rs, os, hs, payloads []string
+	ats                              []time.Time
+}
+
+func (r *eventRows) statement() (string, []any) {
+	return `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
+		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+		WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
+		[]any{r.ids, r.types, r.rs, r.os, r.hs, r.ats, r.payloads}
 }
 
 // flushing is the transaction's querier: every statement sent directly
@@ -564,12 +658,11 @@ func claimArrays(cs []allot.Claim) (os, rs, ks, kinds []string, qs []int32) {
 }
 
 func (t *tx) AddClaims(ctx context.Context, cs []allot.Claim) error {
-	if len(cs) == 0 {
-		return nil
+	r := t.rows("claims", func() bulkRows { return &claimRows{} }).(*claimRows)
+	for _, c := range cs {
+		r.os, r.rs, r.ks = append(r.os, c.OwnerID), append(r.rs, c.ResourceID), append(r.ks, c.Key)
+		r.kinds, r.qs = append(r.kinds, string(c.Kind)), append(r.qs, int32(c.Quantity))
 	}
-	os, rs, ks, kinds, qs := claimArrays(cs)
-	t.queue(nil, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])`, os, rs, ks, kinds, qs)
 	return nil
 }
 
@@ -605,8 +698,10 @@ func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now 
 }
 
 func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
-	t.queue(nil, `INSERT INTO holds (`+holdCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		h.ID, string(h.Status), h.CustomerID, h.ExpiresAt, h.CreatedAt, h.OrderID, rowcodec.Lines(h.Lines))
+	r := t.rows("holds", func() bulkRows { return &holdRows{} }).(*holdRows)
+	r.ids, r.statuses, r.customers = append(r.ids, h.ID), append(r.statuses, string(h.Status)), append(r.customers, h.CustomerID)
+	r.exps, r.createds = append(r.exps, h.ExpiresAt), append(r.createds, h.CreatedAt)
+	r.orderIDs, r.lines = append(r.orderIDs, h.OrderID), append(r.lines, rowcodec.Lines(h.Lines))
 	return nil
 }
 
@@ -620,12 +715,21 @@ func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) {
 }
 
 func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
-	minor, scale, cur := rowcodec.Money(o.Total)
-	t.queue(nil, `INSERT INTO orders (`+orderCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, o.CreatedAt, o.UpdatedAt)
-	for i, tr := range o.History {
-		t.queue(nil, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at) VALUES ($1, $2, $3, $4, $5, $6)`,
-			o.ID, i+1, string(tr.From), string(tr.To), tr.Cause, tr.At)
+	r := t.rows("orders", func() bulkRows { return &orderRows{} }).(*orderRows)
+	r.ids, r.statuses, r.customers, r.holdIDs = append(r.ids, o.ID), append(r.statuses, string(o.Status)), append(r.customers, o.CustomerID), append(r.holdIDs, o.HoldID)
+	r.lines = append(r.lines, rowcodec.OrderLines(o.Lines))
+	var minor, scale *int64
+	var cur *string
+	if o.Total != nil {
+		m, sc := o.Total.Minor, int64(o.Total.Scale)
+		minor, scale, cur = &m, &sc, &o.Total.Currency
+	}
+	r.minors, r.scales, r.currencies = append(r.minors, minor), append(r.scales, scale), append(r.currencies, cur)
+	r.createds, r.updateds = append(r.createds, o.CreatedAt), append(r.updateds, o.UpdatedAt)
+	tr := t.rows("transitions", func() bulkRows { return &transitionRows{} }).(*transitionRows)
+	for i, h := range o.History {
+		tr.orderIDs, tr.seqs, tr.froms = append(tr.orderIDs, o.ID), append(tr.seqs, int32(i+1)), append(tr.froms, string(h.From))
+		tr.tos, tr.causes, tr.ats = append(tr.tos, string(h.To)), append(tr.causes, h.Cause), append(tr.ats, h.At)
 	}
 	return nil
 }
@@ -650,14 +754,11 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 	if len(es) == 0 {
 		return nil
 	}
-	ids, types, rs, os, hs, payloads := make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es))
-	ats := make([]time.Time, len(es))
-	for i, e := range es {
-		ids[i], types[i], rs[i], os[i], hs[i], ats[i], payloads[i] = e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, e.At, string(e.Payload)
+	r := t.rows("events", func() bulkRows { return &eventRows{} }).(*eventRows)
+	for _, e := range es {
+		r.ids, r.types, r.rs, r.os, r.hs = append(r.ids, e.ID), append(r.types, e.Type), append(r.rs, e.ResourceID), append(r.os, e.OrderID), append(r.hs, e.HoldID)
+		r.ats, r.payloads = append(r.ats, e.At), append(r.payloads, string(e.Payload))
 	}
-	t.queue(nil, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
-		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
-		ids, types, rs, os, hs, ats, payloads)
 	return nil
 }
 
