@@ -30,6 +30,10 @@ type Config struct {
 	Requests int // stop after this many requests; 0: run for Duration
 	Capacity int // flash-sale: units on sale
 	Rooms    int // hotel: room types
+	// Rate, when positive, paces the clients to this many requests per
+	// second in all; latency then counts from each request's scheduled
+	// time, so a stall is not hidden by the requests it delays.
+	Rate     float64
 	Prefix   string
 	Progress io.Writer
 }
@@ -49,6 +53,7 @@ type Report struct {
 	OKPS        float64  `json:"ok_per_second"`
 	Latency     Latency  `json:"latency_ms"`
 	Series      []Second `json:"series"`
+	Rate        float64  `json:"target_rate,omitempty"`
 	Won         int64    `json:"won,omitempty"`
 	Capacity    int      `json:"capacity,omitempty"`
 	Resources   []string `json:"-"`
@@ -319,7 +324,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	setupClient := &client{http: hc, base: cfg.Target, rnd: rand.New(rand.NewPCG(1, 2))}
-	rep := &Report{Workload: cfg.Workload, Target: cfg.Target, Clients: cfg.Clients, Capacity: cfg.Capacity}
+	rep := &Report{Workload: cfg.Workload, Target: cfg.Target, Clients: cfg.Clients, Capacity: cfg.Capacity, Rate: cfg.Rate}
 	if rep.Resources, err = wl.setup(ctx, setupClient); err != nil {
 		return nil, fmt.Errorf("setting up %s: %w", cfg.Workload, err)
 	}
@@ -336,11 +341,28 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		go func() {
 			defer wg.Done()
 			c := &client{http: hc, base: cfg.Target, rnd: rand.New(rand.NewPCG(uint64(i)+1, 7))}
+			var interval time.Duration
+			next := start
+			if cfg.Rate > 0 {
+				interval = time.Duration(float64(cfg.Clients) / cfg.Rate * float64(time.Second))
+				next = start.Add(interval * time.Duration(i) / time.Duration(cfg.Clients))
+			}
 			for runCtx.Err() == nil {
 				if cfg.Requests > 0 && issued.Add(1) > int64(cfg.Requests) {
 					return
 				}
 				t0 := time.Now()
+				if interval > 0 {
+					if wait := time.Until(next); wait > 0 {
+						select {
+						case <-time.After(wait):
+						case <-runCtx.Done():
+							return
+						}
+					}
+					t0 = next
+					next = next.Add(interval)
+				}
 				out, err := wl.step(runCtx, c)
 				if runCtx.Err() != nil && err != nil {
 					return // cut off by the end of the run, not a server error
