@@ -124,16 +124,36 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 
 // Write runs fn in one READ COMMITTED transaction; rows locked FOR UPDATE
 // are re-read at their latest committed version, which is what the engine
-// decides on.
-func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(pt pgx.Tx) error {
-		t := &tx{pt: pt}
-		t.q = q{db: flushing{t}}
-		if err := fn(t); err != nil {
-			return err
+// decides on. BEGIN travels with the first statement and COMMIT with the
+// last writes, so a batch costs no round trip of its own for either.
+func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) {
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// A connection left inside a transaction is closed, not reused, by
+	// the pool on release.
+	defer pc.Release()
+	t := &tx{conn: pc.Conn()}
+	t.q = q{db: flushing{t}}
+	t.queue(nil, "BEGIN")
+	defer func() {
+		if err != nil && t.conn.PgConn().TxStatus() != 'I' {
+			if _, rerr := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+				t.conn.Close(context.WithoutCancel(ctx))
+			}
 		}
-		return t.flush(ctx)
-	})
+	}()
+	if err := fn(t); err != nil {
+		return err
+	}
+	t.queue(func(ct pgconn.CommandTag) error {
+		if ct.String() != "COMMIT" {
+			return fmt.Errorf("postgres: transaction ended with %q, not COMMIT", ct.String())
+		}
+		return nil
+	}, "COMMIT")
+	return t.flush(ctx)
 }
 
 // IsRetryable reports deadlocks and serialization failures.
@@ -421,7 +441,7 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 // A queued write that fails fails the transaction.
 type tx struct {
 	q
-	pt      pgx.Tx
+	conn    *pgx.Conn
 	pending []any // *stmt or bulkRows, in order
 	bulk    map[string]bulkRows
 }
@@ -454,25 +474,56 @@ func (t *tx) rows(kind string, mk func() bulkRows) bulkRows {
 	return r
 }
 
+// batch turns the pending writes into a pipeline, with their checks in
+// order; the caller may queue one more statement after them.
+func (t *tx) batch() (*pgx.Batch, []func(pgconn.CommandTag) error) {
+	b := &pgx.Batch{}
+	checks := make([]func(pgconn.CommandTag) error, 0, len(t.pending))
+	for _, p := range t.pending {
+		switch p := p.(type) {
+		case *stmt:
+			b.Queue(p.sql, p.args...)
+			checks = append(checks, p.check)
+		case bulkRows:
+			sql, args := p.statement()
+			b.Queue(sql, args...)
+			checks = append(checks, nil)
+		}
+	}
+	t.pending, t.bulk = t.pending[:0], nil
+	return b, checks
+}
+
+// send runs the pending writes and then, if sql is set, that statement too,
+// all in one round trip; it returns the open results, positioned at sql.
+func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResults, error) {
+	b, checks := t.batch()
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
+	br := t.conn.SendBatch(ctx, b)
+	for _, check := range checks {
+		ct, err := br.Exec()
+		if err == nil && check != nil {
+			err = check(ct)
+		}
+		if err != nil {
+			br.Close()
+			return nil, err
+		}
+	}
+	return br, nil
+}
+
 func (t *tx) flush(ctx context.Context) error {
 	if len(t.pending) == 0 {
 		return nil
 	}
-	var b pgx.Batch
-	for _, p := range t.pending {
-		switch p := p.(type) {
-		case *stmt:
-			qq := b.Queue(p.sql, p.args...)
-			if p.check != nil {
-				qq.Exec(p.check)
-			}
-		case bulkRows:
-			sql, args := p.statement()
-			b.Queue(sql, args...)
-		}
+	br, err := t.send(ctx, "")
+	if err != nil {
+		return err
 	}
-	t.pending, t.bulk = t.pending[:0], nil
-	return t.pt.SendBatch(ctx, &b).Close()
+	return br.Close()
 }
 
 type claimRows struct {
@@ -533,34 +584,83 @@ func (r *eventRows) statement() (string, []any) {
 		[]any{r.ids, r.types, r.rs, r.os, r.hs, r.ats, r.payloads}
 }
 
-// flushing is the transaction's querier: every statement sent directly
-// first sends the queued writes, so reads see them.
+// flushing is the transaction's querier: a statement sent directly goes in
+// one pipeline after the queued writes, so reads see them.
 type flushing struct{ t *tx }
 
 func (f flushing) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := f.t.flush(ctx); err != nil {
+	br, err := f.t.send(ctx, sql, args...)
+	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	return f.t.pt.Exec(ctx, sql, args...)
+	ct, err := br.Exec()
+	return ct, errors.Join(err, br.Close())
 }
 
 func (f flushing) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := f.t.flush(ctx); err != nil {
+	br, err := f.t.send(ctx, sql, args...)
+	if err != nil {
 		return nil, err
 	}
-	return f.t.pt.Query(ctx, sql, args...)
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
+		return nil, err
+	}
+	return &batchRows{Rows: rows, br: br}, nil
 }
 
 func (f flushing) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := f.t.flush(ctx); err != nil {
-		return errRow{err}
-	}
-	return f.t.pt.QueryRow(ctx, sql, args...)
+	rows, err := f.Query(ctx, sql, args...)
+	return batchRow{rows, err}
 }
 
-type errRow struct{ err error }
+// batchRows closes its pipeline with its rows.
+type batchRows struct {
+	pgx.Rows
+	br     pgx.BatchResults
+	closed bool
+	err    error
+}
 
-func (r errRow) Scan(...any) error { return r.err }
+func (r *batchRows) Close() {
+	if !r.closed {
+		r.closed = true
+		r.Rows.Close()
+		r.err = r.br.Close()
+	}
+}
+
+func (r *batchRows) Err() error {
+	if err := r.Rows.Err(); err != nil {
+		return err
+	}
+	return r.err
+}
+
+type batchRow struct {
+	rows pgx.Rows
+	err  error
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	defer r.rows.Close()
+	if !r.rows.Next() {
+		r.rows.Close()
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := r.rows.Scan(dest...); err != nil {
+		return err
+	}
+	r.rows.Close()
+	return r.rows.Err()
+}
 
 func rowsAffected(want error) func(pgconn.CommandTag) error {
 	return func(ct pgconn.CommandTag) error {
