@@ -50,6 +50,8 @@ func New(eng *engine.Engine, log *slog.Logger) *Server {
 	for _, r := range s.routes() {
 		s.mux.Handle(r.pattern, r.h)
 	}
+	// Everything no route takes: a problem, 405 with Allow or 404.
+	s.mux.HandleFunc("/", s.noRoute)
 	return s
 }
 
@@ -91,12 +93,10 @@ func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 				writeBody(sw, 500, problemBody(problemOf(fmt.Errorf("panic: %v", v), r.URL.Path)))
 			}
 		}
-		s.log.DebugContext(r.Context(), "request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+		if s.log.Enabled(r.Context(), slog.LevelDebug) {
+			s.log.DebugContext(r.Context(), "request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+		}
 	}()
-	if _, pattern := s.mux.Handler(r); pattern == "" {
-		s.noRoute(sw, r)
-		return
-	}
 	s.mux.ServeHTTP(sw, r)
 }
 
@@ -107,7 +107,7 @@ func (s *Server) noRoute(w nethttp.ResponseWriter, r *nethttp.Request) {
 	for _, m := range []string{"GET", "POST", "PUT", "DELETE"} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, p := s.mux.Handler(probe); p != "" {
+		if _, p := s.mux.Handler(probe); p != "" && p != "/" {
 			allow = append(allow, m)
 		}
 	}
