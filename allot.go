@@ -206,6 +206,7 @@ type Order struct {
 // assigns.
 type Event struct {
 	Seq        int64           `json:"seq"`
+	ChangeNo   int64           `json:"change_no,omitempty"`
 	ID         string          `json:"id"`
 	Type       string          `json:"type"`
 	ResourceID string          `json:"resource_id,omitempty"`

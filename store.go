@@ -52,6 +52,17 @@ type Reader interface {
 	// ExpiredHolds lists up to limit holds that still have claims and are
 	// expired at now (active past expires_at, or marked expired).
 	ExpiredHolds(ctx context.Context, now time.Time, limit int) ([]string, error)
+	// FeedItems lists the Orders feed after a change number, in order.
+	FeedItems(ctx context.Context, afterChange int64, limit int) ([]FeedItem, error)
+}
+
+// FeedItem is one order in the Orders feed, at its latest change.
+type FeedItem struct {
+	ID       string
+	ChangeNo int64
+	Modified time.Time
+	Deleted  bool
+	Data     []byte // the order, as JSON
 }
 
 // OrderFilter selects orders for ListOrders: by customer and status, paged
@@ -117,6 +128,18 @@ type Tx interface {
 
 	// AppendEvents adds events to the outbox; the store assigns Seq.
 	AppendEvents(ctx context.Context, es []Event) error
+
+	// LockSequencer makes this transaction the only sequencer until it
+	// ends; it reports false if another holds the role (then do nothing).
+	LockSequencer(ctx context.Context) (bool, error)
+	// UnsequencedEvents lists up to limit committed events that have no
+	// change number yet, in Seq order, locked.
+	UnsequencedEvents(ctx context.Context, limit int) ([]Event, error)
+	// Sequence gives events their change numbers (parallel slices) and
+	// upserts the feed items; numbers must exceed every number given.
+	Sequence(ctx context.Context, seqs, changeNos []int64, items []FeedItem) error
+	// LastChangeNumber is the highest change number given so far.
+	LastChangeNumber(ctx context.Context) (int64, error)
 
 	// CompleteIdempotencyKey stores the response of the request that holds
 	// the claim (key, token). It returns ErrIdempotencyLost if that claim

@@ -340,3 +340,54 @@ func FuzzRequests(f *testing.F) {
 		}
 	})
 }
+
+// TestOrdersFeed pages the RPDE Orders feed: each order once at its latest
+// change, next built from the last item, the last page pointing at itself.
+func TestOrdersFeed(t *testing.T) {
+	a := newAPI(t)
+	a.seed()
+	var ids []string
+	for range 3 {
+		o := a.mustDo(201, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+		ids = append(ids, o["id"].(string))
+	}
+	a.mustDo(200, "POST", "/v1/orders/"+ids[0]+"/cancel", "")
+	seen := map[string]string{}
+	url := "/v1/feeds/orders?limit=2"
+	var lastModified float64
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("the feed does not end")
+		}
+		p := a.mustDo(200, "GET", url, "")
+		items := p["items"].([]any)
+		if p["license"] == "" {
+			t.Fatalf("page without license: %v", p)
+		}
+		next := strings.TrimPrefix(p["next"].(string), "http://example.com")
+		if len(items) == 0 {
+			if next != url {
+				t.Fatalf("last page's next is %q, want the requested %q", next, url)
+			}
+			break
+		}
+		for _, it := range items {
+			m := it.(map[string]any)
+			if m["kind"] != "Order" || m["state"] != "updated" || m["modified"].(float64) <= lastModified {
+				t.Fatalf("item %v after modified %v", m, lastModified)
+			}
+			lastModified = m["modified"].(float64)
+			seen[m["id"].(string)] = m["data"].(map[string]any)["status"].(string)
+		}
+		if want := fmt.Sprintf("/v1/feeds/orders?afterChangeNumber=%.0f&limit=2", lastModified); next != want {
+			t.Fatalf("next %q, want %q", next, want)
+		}
+		url = next
+	}
+	want := map[string]string{ids[0]: "cancelled", ids[1]: "reserved", ids[2]: "reserved"}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("feed %v, want %v", seen, want)
+	}
+	a.mustDo(422, "GET", "/v1/feeds/orders?afterChangeNumber=x", "")
+	a.mustDo(422, "GET", "/v1/feeds/orders?afterChangeNumber=-1", "")
+}

@@ -203,6 +203,7 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	defer stopSweep()
 	go eng.RunSweeper(sweepCtx, time.Second)
+	go eng.RunSequencer(sweepCtx, 200*time.Millisecond)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

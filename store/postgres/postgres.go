@@ -362,7 +362,11 @@ func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error)
 }
 
 func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	rows, err := q.db.Query(ctx, `SELECT seq, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+	return q.events(ctx, `SELECT seq, COALESCE(change_no, 0), id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+}
+
+func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event, error) {
+	rows, err := q.db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -371,11 +375,30 @@ func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Eve
 	for rows.Next() {
 		var e allot.Event
 		var payload string
-		if err := rows.Scan(&e.Seq, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &e.At, &payload); err != nil {
+		if err := rows.Scan(&e.Seq, &e.ChangeNo, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &e.At, &payload); err != nil {
 			return nil, err
 		}
 		e.At, e.Payload = e.At.UTC(), []byte(payload)
 		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (q q) FeedItems(ctx context.Context, afterChange int64, limit int) ([]allot.FeedItem, error) {
+	rows, err := q.db.Query(ctx, `SELECT order_id, change_no, modified, state, data FROM order_feed WHERE change_no > $1 ORDER BY change_no LIMIT $2`, afterChange, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.FeedItem
+	for rows.Next() {
+		var it allot.FeedItem
+		var state, data string
+		if err := rows.Scan(&it.ID, &it.ChangeNo, &it.Modified, &state, &data); err != nil {
+			return nil, err
+		}
+		it.Modified, it.Deleted, it.Data = it.Modified.UTC(), state == "deleted", []byte(data)
+		out = append(out, it)
 	}
 	return out, rows.Err()
 }
@@ -859,6 +882,52 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 		r.ids, r.types, r.rs, r.os, r.hs = append(r.ids, e.ID), append(r.types, e.Type), append(r.rs, e.ResourceID), append(r.os, e.OrderID), append(r.hs, e.HoldID)
 		r.ats, r.payloads = append(r.ats, e.At), append(r.payloads, string(e.Payload))
 	}
+	return nil
+}
+
+// LockSequencer takes the sequencer role for this transaction, per schema
+// (advisory locks are per database; tests share one), or reports that
+// another node has it.
+func (t *tx) LockSequencer(ctx context.Context) (bool, error) {
+	var ok bool
+	err := t.db.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtext('allot-sequencer:' || current_schema()))`).Scan(&ok)
+	return ok, err
+}
+
+func (t *tx) UnsequencedEvents(ctx context.Context, limit int) ([]allot.Event, error) {
+	return t.events(ctx, `SELECT seq, 0::bigint, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no IS NULL ORDER BY seq LIMIT $1`, limit)
+}
+
+func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
+	var n int64
+	err := t.db.QueryRow(ctx, `SELECT value FROM counters WHERE name = 'change_no'`).Scan(&n)
+	return n, err
+}
+
+func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	t.queue(nil, `UPDATE events e SET change_no = v.c FROM unnest($1::bigint[], $2::bigint[]) AS v(s, c) WHERE e.seq = v.s`, seqs, changeNos)
+	if len(items) > 0 {
+		ids, states, data := make([]string, len(items)), make([]string, len(items)), make([]string, len(items))
+		nos, mods := make([]int64, len(items)), make([]time.Time, len(items))
+		for i, it := range items {
+			ids[i], nos[i], mods[i], states[i], data[i] = it.ID, it.ChangeNo, it.Modified, "updated", string(it.Data)
+			if it.Deleted {
+				states[i] = "deleted"
+			}
+		}
+		t.queue(nil, `INSERT INTO order_feed (order_id, change_no, modified, state, data)
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[])
+			ON CONFLICT (order_id) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified, state = excluded.state, data = excluded.data`,
+			ids, nos, mods, states, data)
+	}
+	last := changeNos[0]
+	for _, c := range changeNos {
+		last = max(last, c)
+	}
+	t.queue(nil, `UPDATE counters SET value = $1 WHERE name = 'change_no' AND value < $1`, last)
 	return nil
 }
 

@@ -456,7 +456,11 @@ func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error)
 }
 
 func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	rows, err := q.db.QueryContext(ctx, `SELECT seq, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	return q.events(ctx, `SELECT seq, COALESCE(change_no, 0), id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+}
+
+func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event, error) {
+	rows, err := q.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -466,11 +470,31 @@ func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Eve
 		var e allot.Event
 		var at int64
 		var payload string
-		if err := rows.Scan(&e.Seq, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &at, &payload); err != nil {
+		if err := rows.Scan(&e.Seq, &e.ChangeNo, &e.ID, &e.Type, &e.ResourceID, &e.OrderID, &e.HoldID, &at, &payload); err != nil {
 			return nil, err
 		}
 		e.At, e.Payload = fromMicros(at), []byte(payload)
 		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (q q) FeedItems(ctx context.Context, afterChange int64, limit int) ([]allot.FeedItem, error) {
+	rows, err := q.db.QueryContext(ctx, `SELECT order_id, change_no, modified, state, data FROM order_feed WHERE change_no > ? ORDER BY change_no LIMIT ?`, afterChange, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.FeedItem
+	for rows.Next() {
+		var it allot.FeedItem
+		var modified int64
+		var state, data string
+		if err := rows.Scan(&it.ID, &it.ChangeNo, &modified, &state, &data); err != nil {
+			return nil, err
+		}
+		it.Modified, it.Deleted, it.Data = fromMicros(modified), state == "deleted", []byte(data)
+		out = append(out, it)
 	}
 	return out, rows.Err()
 }
@@ -721,6 +745,46 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 		}
 	}
 	return nil
+}
+
+// LockSequencer: SQLite has one writer, so a write transaction already is
+// the only sequencer.
+func (t *tx) LockSequencer(ctx context.Context) (bool, error) { return true, nil }
+
+func (t *tx) UnsequencedEvents(ctx context.Context, limit int) ([]allot.Event, error) {
+	return t.events(ctx, `SELECT seq, 0, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no IS NULL ORDER BY seq LIMIT ?`, limit)
+}
+
+func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
+	var n int64
+	err := t.db.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'change_no'`).Scan(&n)
+	return n, err
+}
+
+func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem) error {
+	var last int64
+	for i := range seqs {
+		if _, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = ? WHERE seq = ?`, changeNos[i], seqs[i]); err != nil {
+			return err
+		}
+		last = max(last, changeNos[i])
+	}
+	for _, it := range items {
+		state := "updated"
+		if it.Deleted {
+			state = "deleted"
+		}
+		if _, err := t.db.ExecContext(ctx, `INSERT INTO order_feed (order_id, change_no, modified, state, data) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (order_id) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified, state = excluded.state, data = excluded.data`,
+			it.ID, it.ChangeNo, micros(it.Modified), state, string(it.Data)); err != nil {
+			return err
+		}
+	}
+	if last == 0 {
+		return nil
+	}
+	_, err := t.db.ExecContext(ctx, `UPDATE counters SET value = ? WHERE name = 'change_no' AND value < ?`, last, last)
+	return err
 }
 
 func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error {

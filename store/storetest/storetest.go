@@ -88,6 +88,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("RaceLastUnits", s.testRaceLastUnits)
 	t.Run("RaceOverlappingStays", s.testRaceOverlappingStays)
 	t.Run("RaceMixed", s.testRaceMixed)
+	t.Run("FeedRace", s.testFeedRace)
 }
 
 func ptr[T any](v T) *T { return &v }
