@@ -27,6 +27,8 @@ type Store interface {
 	// ReleaseIdempotencyKey forgets an in-flight claim whose request had no
 	// effect (it failed internally), so that a retry can run.
 	ReleaseIdempotencyKey(ctx context.Context, key, token string) error
+	// SetCursor stores a named position.
+	SetCursor(ctx context.Context, name string, v int64) error
 	// DeleteIdempotencyKeysBefore forgets completed keys older than t.
 	DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (int, error)
 
@@ -52,6 +54,12 @@ type Reader interface {
 	// ExpiredHolds lists up to limit holds that still have claims and are
 	// expired at now (active past expires_at, or marked expired).
 	ExpiredHolds(ctx context.Context, now time.Time, limit int) ([]string, error)
+	// EventsAfterChange lists sequenced events with ChangeNo > after, in
+	// ChangeNo order: what publishers relay.
+	EventsAfterChange(ctx context.Context, after int64, limit int) ([]Event, error)
+	// Cursor reads a named position (a publisher's last relayed change
+	// number); 0 if never set.
+	Cursor(ctx context.Context, name string) (int64, error)
 	// FeedItems lists the Orders feed after a change number, in order.
 	FeedItems(ctx context.Context, afterChange int64, limit int) ([]FeedItem, error)
 }

@@ -147,6 +147,14 @@ func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) 
 	if err := fn(t); err != nil {
 		return err
 	}
+	// A write judged here, on its command tag (an Idempotency-Key still
+	// ours), must be judged before COMMIT is sent: in one pipeline the
+	// server would commit before the client saw the verdict.
+	if t.checked() {
+		if err := t.flush(ctx); err != nil {
+			return err
+		}
+	}
 	t.queue(func(ct pgconn.CommandTag) error {
 		if ct.String() != "COMMIT" {
 			return fmt.Errorf("postgres: transaction ended with %q, not COMMIT", ct.String())
@@ -384,6 +392,19 @@ func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event
 	return out, rows.Err()
 }
 
+func (q q) EventsAfterChange(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
+	return q.events(ctx, `SELECT seq, change_no, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no > $1 ORDER BY change_no LIMIT $2`, after, limit)
+}
+
+func (q q) Cursor(ctx context.Context, name string) (int64, error) {
+	var v int64
+	err := q.db.QueryRow(ctx, `SELECT value FROM counters WHERE name = $1`, name).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return v, err
+}
+
 func (q q) FeedItems(ctx context.Context, afterChange int64, limit int) ([]allot.FeedItem, error) {
 	rows, err := q.db.Query(ctx, `SELECT order_id, change_no, modified, state, data FROM order_feed WHERE change_no > $1 ORDER BY change_no LIMIT $2`, afterChange, limit)
 	if err != nil {
@@ -443,6 +464,12 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClai
 	return rec, err
 }
 
+// SetCursor stores a named position.
+func (s *Store) SetCursor(ctx context.Context, name string, v int64) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v)
+	return err
+}
+
 // ReleaseIdempotencyKey forgets an in-flight claim.
 func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, token string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM idempotency_keys WHERE key = $1 AND token = $2 AND NOT done`, key, token)
@@ -481,6 +508,16 @@ type bulkRows interface{ statement() (string, []any) }
 // queue adds a write; check, if set, judges its command tag.
 func (t *tx) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
 	t.pending = append(t.pending, &stmt{sql, args, check})
+}
+
+// checked reports whether a pending write has a check.
+func (t *tx) checked() bool {
+	for _, p := range t.pending {
+		if st, ok := p.(*stmt); ok && st.check != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // rows returns the window's accumulator for kind, making it if needed.
@@ -829,7 +866,8 @@ func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
 }
 
 func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, orderID string) error {
-	t.queue(rowsAffected(allot.ErrNotFound), `UPDATE holds SET status = $1, order_id = $2 WHERE id = $3`, string(st), orderID, id)
+	// The engine locked the hold (LockHold) in this transaction: it exists.
+	t.queue(nil, `UPDATE holds SET status = $1, order_id = $2 WHERE id = $3`, string(st), orderID, id)
 	return nil
 }
 
@@ -866,7 +904,8 @@ func (t *tx) LockOrder(ctx context.Context, id string) (allot.Order, error) {
 }
 
 func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition) error {
-	t.queue(rowsAffected(allot.ErrNotFound), `UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3`, string(tr.To), tr.At, id)
+	// The engine locked the order (LockOrder) in this transaction: it exists.
+	t.queue(nil, `UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3`, string(tr.To), tr.At, id)
 	t.queue(nil, `INSERT INTO order_transitions (order_id, seq, from_status, to_status, cause, at)
 		SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_transitions WHERE order_id = $1`,
 		id, string(tr.From), string(tr.To), tr.Cause, tr.At)

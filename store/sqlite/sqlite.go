@@ -479,6 +479,19 @@ func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event
 	return out, rows.Err()
 }
 
+func (q q) EventsAfterChange(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
+	return q.events(ctx, `SELECT seq, change_no, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no > ? ORDER BY change_no LIMIT ?`, after, limit)
+}
+
+func (q q) Cursor(ctx context.Context, name string) (int64, error) {
+	var v int64
+	err := q.db.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = ?`, name).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return v, err
+}
+
 func (q q) FeedItems(ctx context.Context, afterChange int64, limit int) ([]allot.FeedItem, error) {
 	rows, err := q.db.QueryContext(ctx, `SELECT order_id, change_no, modified, state, data FROM order_feed WHERE change_no > ? ORDER BY change_no LIMIT ?`, afterChange, limit)
 	if err != nil {
@@ -544,6 +557,12 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClai
 		return nil
 	})
 	return rec, err
+}
+
+// SetCursor stores a named position.
+func (s *Store) SetCursor(ctx context.Context, name string, v int64) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v)
+	return err
 }
 
 // ReleaseIdempotencyKey forgets an in-flight claim.

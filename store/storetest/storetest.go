@@ -562,6 +562,23 @@ func (s suite) testIdempotencyClaims(t *testing.T) {
 	if !errors.Is(err, allot.ErrIdempotencyLost) {
 		t.Fatalf("complete by the old holder: %v", err)
 	}
+	// Through the engine, the write of the request that lost its claim must
+	// roll back entirely: its effect never happens.
+	e.stock("lost", 1)
+	_, err = e.store.ClaimIdempotencyKey(e.ctx, allot.IdempotencyClaim{Key: "k-lost", Hash: "h", Token: "old", At: now}, time.Minute)
+	e.must(err)
+	_, err = e.store.ClaimIdempotencyKey(e.ctx, allot.IdempotencyClaim{Key: "k-lost", Hash: "h", Token: "new", At: now.Add(2 * time.Minute)}, time.Minute)
+	e.must(err)
+	idem := &engine.Idem{Key: "k-lost", Token: "old", Render: func(any, error) (int, []byte) { return 201, []byte("x") }}
+	_, err = e.eng.CreateOrder(engine.WithIdem(e.ctx, idem), engine.OrderInput{Lines: []allot.Line{units("lost", 1)}})
+	wantCode(t, err, allot.CodeIdempotencyInFlight)
+	if idem.Completed {
+		t.Fatal("a lost claim was marked completed")
+	}
+	e.wantBucket("lost", allot.StockKey, 0, 0, 1)
+	if orders, _ := e.store.ListOrders(e.ctx, allot.OrderFilter{Limit: 10}); len(orders) != 0 {
+		t.Fatalf("the request that lost its claim still booked: %+v", orders)
+	}
 	e.must(e.store.Write(e.ctx, func(tx allot.Tx) error { return tx.CompleteIdempotencyKey(e.ctx, "k1", "t3", 201, []byte(`{"ok":1}`)) }))
 	rec, err = e.store.ClaimIdempotencyKey(e.ctx, allot.IdempotencyClaim{Key: "k1", Hash: "other", Token: "t4", At: now.Add(time.Hour)}, time.Minute)
 	if err != nil || rec == nil || !rec.Done || rec.Status != 201 || string(rec.Body) != `{"ok":1}` || rec.Hash != "h1" {
