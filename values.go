@@ -2,7 +2,9 @@ package allot
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -107,19 +109,40 @@ func (m Money) Amount() string {
 	return s[:len(s)-m.Scale] + "." + s[len(s)-m.Scale:]
 }
 
-// Times multiplies by a whole number.
-func (m Money) Times(n int) Money { m.Minor *= int64(n); return m }
+// ErrMoneyOverflow is returned when an amount outgrows int64 minor units.
+var ErrMoneyOverflow = errors.New("amount too large")
+
+// mul multiplies non-negative amounts, refusing overflow.
+func mul(a, b int64) (int64, error) {
+	if a < 0 || b < 0 || (a != 0 && b > math.MaxInt64/a) {
+		return 0, ErrMoneyOverflow
+	}
+	return a * b, nil
+}
+
+// Times multiplies by a non-negative whole number.
+func (m Money) Times(n int) (Money, error) {
+	v, err := mul(m.Minor, int64(n))
+	m.Minor = v
+	return m, err
+}
 
 // Add adds two amounts of the same currency, keeping the larger scale.
 func (m Money) Add(o Money) (Money, error) {
 	if m.Currency != o.Currency {
 		return Money{}, fmt.Errorf("cannot add %s to %s", o.Currency, m.Currency)
 	}
-	for m.Scale < o.Scale {
-		m.Minor, m.Scale = m.Minor*10, m.Scale+1
+	var err error
+	for m.Scale < o.Scale && err == nil {
+		m.Minor, err = mul(m.Minor, 10)
+		m.Scale++
 	}
-	for o.Scale < m.Scale {
-		o.Minor, o.Scale = o.Minor*10, o.Scale+1
+	for o.Scale < m.Scale && err == nil {
+		o.Minor, err = mul(o.Minor, 10)
+		o.Scale++
+	}
+	if err != nil || m.Minor > math.MaxInt64-o.Minor {
+		return Money{}, ErrMoneyOverflow
 	}
 	m.Minor += o.Minor
 	return m, nil

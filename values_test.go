@@ -2,6 +2,8 @@ package allot
 
 import (
 	"encoding/json"
+	"errors"
+	"math"
 	"testing"
 )
 
@@ -43,9 +45,24 @@ func TestParseMoney(t *testing.T) {
 func TestMoneyArithmetic(t *testing.T) {
 	a, _ := ParseMoney("99.50", "EUR")
 	b, _ := ParseMoney("0.125", "EUR")
-	sum, err := a.Times(3).Add(b)
+	three, err := a.Times(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := three.Add(b)
 	if err != nil || sum.Amount() != "298.625" {
 		t.Fatalf("3*99.50+0.125 = %s, %v", sum.Amount(), err)
+	}
+	big, _ := ParseMoney("999999999999.999999", "EUR")
+	if _, err := big.Times(20); !errors.Is(err, ErrMoneyOverflow) {
+		t.Fatalf("20 x %s: %v, want overflow", big.Amount(), err)
+	}
+	if _, err := big.Add(big); err != nil {
+		t.Fatalf("%s + itself fits: %v", big.Amount(), err)
+	}
+	huge := Money{Minor: math.MaxInt64 - 1, Scale: 0, Currency: "EUR"}
+	if _, err := huge.Add(b); !errors.Is(err, ErrMoneyOverflow) {
+		t.Fatalf("rescaling %d: %v, want overflow", huge.Minor, err)
 	}
 	usd, _ := ParseMoney("1", "USD")
 	if _, err := a.Add(usd); err == nil {

@@ -3,7 +3,9 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -212,7 +214,17 @@ func (e *Engine) runBatch(ops []*op) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		err = e.store.Write(ctx, func(tx allot.Tx) error { return e.applyBatch(ctx, tx, ops, results) })
+		err = e.store.Write(ctx, func(tx allot.Tx) (err error) {
+			// A panic in an op is that batch's failure: the transaction
+			// rolls back and the worker lives on.
+			defer func() {
+				if v := recover(); v != nil {
+					e.log.Error("panic applying a batch", "panic", v, "stack", string(debug.Stack()))
+					err = fmt.Errorf("engine: panic applying a batch: %v", v)
+				}
+			}()
+			return e.applyBatch(ctx, tx, ops, results)
+		})
 		cancel()
 		if err == nil || len(ops) > 1 || attempt >= maxAttempts || !e.store.IsRetryable(err) {
 			break

@@ -131,3 +131,26 @@ func TestBatchesForm(t *testing.T) {
 	}
 	t.Logf("200 concurrent orders ran in %d transactions", batches)
 }
+
+// TestBatchPanicIsIsolated: an op that panics fails alone; the worker and
+// its neighbours carry on, and nothing of the panicking op is committed.
+func TestBatchPanicIsIsolated(t *testing.T) {
+	e := newTestEngine(t, Batching{})
+	bad := &op{shard: "s", done: make(chan opResult, 1), apply: func(ctx context.Context, w *wtx) (any, error) {
+		w.lk[allot.BucketKey{ResourceID: "s", Key: allot.StockKey}].Held++
+		panic("boom")
+	}}
+	bad.specs = []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "s", Key: allot.StockKey}}}
+	ops := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
+	e.runBatch(ops)
+	for i, o := range ops {
+		r := <-o.done
+		if (i == 1) != (r.err != nil) {
+			t.Fatalf("op %d: %v", i, r.err)
+		}
+	}
+	a, err := Check(context.Background(), e.store, "s")
+	if err != nil || a.Held != 2 || len(a.Violations) > 0 {
+		t.Fatalf("after a panicking op: %+v, %v", a, err)
+	}
+}

@@ -130,13 +130,22 @@ func (e *Engine) newOrder(d *demand, customer, holdID, cause string) (allot.Orde
 			if l.CheckIn != nil && l.CheckOut != nil {
 				units *= l.CheckIn.DaysUntil(*l.CheckOut)
 			}
-			unit, amount := *p, p.Times(units)
+			unit := *p
+			amount, err := p.Times(units)
+			if err != nil {
+				return o, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].quantity", i), Line: i,
+					Detail: fmt.Sprintf("the line's amount (%s x %d) is too large to represent", p.Amount(), units)}
+			}
 			ol.UnitPrice, ol.Amount = &unit, &amount
 			if o.Total == nil {
 				o.Total = &amount
 			} else {
 				t, err := o.Total.Add(amount)
-				if err != nil {
+				switch {
+				case errors.Is(err, allot.ErrMoneyOverflow):
+					return o, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].quantity", i), Line: i,
+						Detail: "the order's total is too large to represent"}
+				case err != nil:
 					return o, &allot.Error{Code: allot.CodeCurrencyMismatch, Field: fmt.Sprintf("lines[%d].resource_id", i), Line: i,
 						Detail: fmt.Sprintf("all priced lines of an order must share one currency: %v", err)}
 				}

@@ -53,6 +53,9 @@ func (e *Engine) slot(resourceCap int, field string, in SlotInput) (allot.Slot, 
 	if in.StartsAt == nil {
 		return allot.Slot{}, allot.Invalid(field+".starts_at", "starts_at (RFC 3339) is required")
 	}
+	if y := in.StartsAt.UTC().Year(); y < 1 || y > 9999 {
+		return allot.Slot{}, allot.Invalid(field+".starts_at", "starts_at must fall in the years 1 to 9999 (UTC)")
+	}
 	if err := checkCapacity(field+".capacity", in.Capacity, false); err != nil {
 		return allot.Slot{}, err
 	}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
@@ -183,6 +184,11 @@ func render(status int, instance string) func(any, error) (int, []byte) {
 func (s *Server) handle(status int, h handler) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		rend := render(status, r.URL.Path)
+		if err := checkURL(r); err != nil {
+			st, body := rend(nil, err)
+			writeBody(w, st, body)
+			return
+		}
 		key := r.Header.Get("Idempotency-Key")
 		if r.Method != nethttp.MethodPost || key == "" {
 			v, err := h(r)
@@ -203,8 +209,8 @@ func (s *Server) logInternal(r *nethttp.Request, err error) {
 
 func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key string, h handler, rend func(any, error) (int, []byte)) {
 	fail := func(err error) { st, body := rend(nil, err); writeBody(w, st, body) }
-	if len(key) > 255 {
-		fail(&allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1, Detail: "the Idempotency-Key header may be at most 255 characters"})
+	if len(key) > 255 || badText(key) {
+		fail(&allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1, Detail: "the Idempotency-Key header must be valid UTF-8 of at most 255 bytes, without NUL"})
 		return
 	}
 	body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
@@ -259,18 +265,58 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 }
 
 // decode reads a JSON object body strictly: known fields only, right types,
-// one value, at most MaxBody bytes.
+// one value, at most MaxBody bytes, no NUL characters in strings.
 func decode(r *nethttp.Request, dst any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return &allot.Error{Code: codeMediaType, Line: -1, Detail: fmt.Sprintf("the body must be application/json, not %s", ct)}
 	}
-	dec := json.NewDecoder(nethttp.MaxBytesReader(nil, r.Body, MaxBody))
+	body, err := io.ReadAll(nethttp.MaxBytesReader(nil, r.Body, MaxBody))
+	if err != nil {
+		return jsonFieldError(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
 		return jsonFieldError(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return malformed("the body holds more than one JSON value")
+	}
+	// Databases store no NUL in text; only a \u0000 escape can make one.
+	if bytes.Contains(bytes.ToLower(body), []byte(`\u0000`)) && hasNUL(body) {
+		return malformed("strings may not contain the NUL character (\\u0000)")
+	}
+	return nil
+}
+
+// hasNUL reports whether any string in a JSON document holds a NUL.
+func hasNUL(body []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if s, ok := tok.(string); ok && strings.ContainsRune(s, 0) {
+			return true
+		}
+	}
+}
+
+// badText reports text no store can keep: invalid UTF-8 or a NUL.
+func badText(s string) bool { return !utf8.ValidString(s) || strings.ContainsRune(s, 0) }
+
+// checkURL refuses a path or query string with text no store can keep.
+func checkURL(r *nethttp.Request) error {
+	if badText(r.URL.Path) {
+		return malformed("the path holds invalid UTF-8 or a NUL character")
+	}
+	for name, vs := range r.URL.Query() {
+		for _, v := range vs {
+			if badText(name) || badText(v) {
+				return &allot.Error{Code: codeMalformed, Field: name, Line: -1, Detail: fmt.Sprintf("query parameter %q holds invalid UTF-8 or a NUL character", name)}
+			}
+		}
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	allothttp "github.com/allot/allot/http"
+	"github.com/allot/allot/store/postgres"
+	"github.com/allot/allot/store/postgres/pgtest"
 	"github.com/allot/allot/store/sqlite"
 	"github.com/allot/allot/store/storetest"
 )
@@ -26,13 +28,31 @@ type api struct {
 	store allot.Store
 }
 
+// newAPI serves the API on a fresh SQLite store with the batched engine,
+// as allot serve runs by default.
 func newAPI(t testing.TB) *api {
 	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
-	return &api{t: t, h: allothttp.New(engine.New(s, engine.Options{}), nil), store: s}
+	return apiOn(t, s)
+}
+
+func apiOn(t testing.TB, s allot.Store) *api {
+	eng := engine.New(s, engine.Options{Batching: engine.Batching{Workers: 2}})
+	t.Cleanup(func() { eng.Close(); s.Close() })
+	return &api{t: t, h: allothttp.New(eng, nil), store: s}
+}
+
+// newPostgresAPI is newAPI on PostgreSQL, whose text refuses what SQLite
+// keeps (NUL characters): bad input must still be a 4xx there.
+func newPostgresAPI(t *testing.T) *api {
+	url := pgtest.URL(t)
+	s, err := postgres.Open(context.Background(), url, postgres.Options{Schema: pgtest.Schema(t, url)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return apiOn(t, s)
 }
 
 type resp struct {
@@ -78,6 +98,7 @@ func (a *api) mustDo(want int, method, path, body string, hdr ...string) map[str
 
 func (a *api) seed() {
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"room","name":"Double","kind":"nightly","capacity":1,"price":{"amount":"99.50","currency":"EUR"}}`)
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"pricey","name":"Pricey","kind":"stock","capacity":100,"price":{"amount":"999999999999.999999","currency":"EUR"}}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"book","name":"Book","kind":"stock","capacity":3}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"class","name":"Yoga","kind":"slot","capacity":10,"slots":[{"id":"mon-9","starts_at":"2027-01-04T09:00:00Z"}]}`)
 }
@@ -134,9 +155,13 @@ func TestFlows(t *testing.T) {
 }
 
 // TestErrors checks that bad input gets a 4xx problem that says what is
-// wrong, never a 500.
+// wrong, never a 500, on both stores.
 func TestErrors(t *testing.T) {
-	a := newAPI(t)
+	t.Run("sqlite", func(t *testing.T) { testErrors(t, newAPI(t)) })
+	t.Run("postgres", func(t *testing.T) { testErrors(t, newPostgresAPI(t)) })
+}
+
+func testErrors(t *testing.T, a *api) {
 	a.seed()
 	stay := func(extra string) string {
 		return `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"` + extra + `}]}`
@@ -167,7 +192,15 @@ func TestErrors(t *testing.T) {
 		{"missing capacity", "POST", "/v1/resources", `{"name":"x","kind":"stock"}`, 422, "validation-failed", "capacity"},
 		{"duplicate id", "POST", "/v1/resources", `{"id":"book","name":"x","kind":"stock","capacity":1}`, 409, "already-exists", "id"},
 		{"bad id", "POST", "/v1/resources", `{"id":"a b","name":"x","kind":"stock","capacity":1}`, 422, "validation-failed", "id"},
-		{"capacity below usage", "PUT", "/v1/resources/book/capacity", `{"capacity":-5}`, 422, "validation-failed", "capacity"},
+		{"negative capacity", "PUT", "/v1/resources/book/capacity", `{"capacity":-5}`, 422, "validation-failed", "capacity"},
+		{"NUL in a string", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}],"customer_id":"a\u0000b"}`, 400, "malformed-request", ""},
+		{"NUL in a name", "POST", "/v1/resources", `{"name":"x\u0000","kind":"stock","capacity":1}`, 400, "malformed-request", ""},
+		{"NUL in a query", "GET", "/v1/orders?customer_id=%00", ``, 400, "malformed-request", "customer_id"},
+		{"invalid UTF-8 in a query", "GET", "/v1/orders?customer_id=%ff%fe", ``, 400, "malformed-request", "customer_id"},
+		{"NUL in a path", "GET", "/v1/holds/a%00b", ``, 400, "malformed-request", ""},
+		{"slot beyond year 9999", "POST", "/v1/resources", `{"name":"x","kind":"slot","capacity":1,"slots":[{"id":"a","starts_at":"9999-12-31T23:00:00-02:00"}]}`, 422, "validation-failed", "slots[0].starts_at"},
+		{"added slot before year 1", "POST", "/v1/resources/class/slots", `{"id":"old","starts_at":"0000-01-01T00:00:00+01:00"}`, 422, "validation-failed", ".starts_at"},
+		{"total overflows", "POST", "/v1/orders", `{"lines":[{"resource_id":"pricey","quantity":20}]}`, 422, "validation-failed", "lines[0].quantity"},
 		{"availability without range", "GET", "/v1/resources/room/availability", ``, 422, "validation-failed", "from"},
 		{"availability bad date", "GET", "/v1/resources/room/availability?from=x&to=2027-01-01", ``, 422, "validation-failed", "from"},
 		{"unknown resource path", "GET", "/v1/resources/ghost", ``, 404, "not-found", ""},
@@ -198,6 +231,20 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("capacity below usage", func(t *testing.T) {
+		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-06-01","check_out":"2027-06-03"}]}`)
+		p := a.mustDo(409, "PUT", "/v1/resources/room/capacity", `{"from":"2027-05-30","to":"2027-06-05","capacity":0}`)
+		b, _ := p["bucket"].(map[string]any)
+		if p["code"] != "capacity-below-usage" || b["key"] != "2027-06-01" {
+			t.Fatalf("problem %v", p)
+		}
+	})
+	t.Run("Idempotency-Key not UTF-8", func(t *testing.T) {
+		r := a.do("POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`, "Idempotency-Key", "\xff\xfe")
+		if r.status != 400 {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+	})
 	t.Run("unsupported media type", func(t *testing.T) {
 		r := a.do("POST", "/v1/holds", `lines=1`, "Content-Type", "application/x-www-form-urlencoded")
 		if r.status != 415 {
