@@ -122,11 +122,20 @@ func (e *Engine) CreateResource(ctx context.Context, in ResourceInput) (allot.Re
 	return v.(allot.Resource), nil
 }
 
-// GetResource returns a resource with its slots' current capacity.
+// GetResource returns a resource with its current capacity: its slots', or
+// for stock the pool's (restocking changes it); for nightly, the default of
+// nights never set.
 func (e *Engine) GetResource(ctx context.Context, id string) (allot.Resource, error) {
 	r, err := e.store.GetResource(ctx, id)
 	if errors.Is(err, allot.ErrNotFound) {
 		return r, allot.Errorf(allot.CodeNotFound, "resource %q does not exist", id)
+	}
+	if err != nil || r.Kind != allot.KindStock {
+		return r, err
+	}
+	bs, err := e.store.Buckets(ctx, id, "", "")
+	if err == nil && len(bs) == 1 {
+		r.Capacity = bs[0].Capacity
 	}
 	return r, err
 }
@@ -153,6 +162,9 @@ func (e *Engine) AddSlot(ctx context.Context, resourceID string, in SlotInput) (
 			return nil, err
 		}
 		b := allot.Bucket{BucketKey: allot.BucketKey{ResourceID: resourceID, Key: s.ID}, Capacity: s.Capacity}
+		// Later ops of this batch may book the new slot: it is theirs to
+		// see, and it is written already.
+		w.lk[b.BucketKey], w.orig[b.BucketKey] = &b, b
 		w.emit(e.event(allot.EventCapacityChanged, resourceID, "", "", []BucketView{view(b)}))
 		return s, nil
 	}})

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -201,9 +202,12 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 		return err
 	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
-	defer stopSweep()
-	go eng.RunSweeper(sweepCtx, time.Second)
-	go eng.RunSequencer(sweepCtx, 200*time.Millisecond)
+	var background sync.WaitGroup
+	// Stop the background loops, and wait for them, before the engine and
+	// the store close under them.
+	defer func() { stopSweep(); background.Wait() }()
+	background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
+	background.Go(func() { eng.RunSequencer(sweepCtx, 200*time.Millisecond) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

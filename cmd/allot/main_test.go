@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	nethttp "net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -77,11 +80,48 @@ func TestServeAndShutdown(t *testing.T) {
 	if st := post("/v1/orders", `{"lines":[{"resource_id":"tix","quantity":2}]}`); st != 201 {
 		t.Fatalf("order: %d", st)
 	}
+	if st := post("/v1/resources", `{"id":"busy","name":"Busy","kind":"stock","capacity":100000}`); st != 201 {
+		t.Fatalf("create resource: %d", st)
+	}
+	// Clients keep booking while the server is told to stop: every order
+	// it acknowledged must be on disk, and none it did not.
+	var acked atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	client := &nethttp.Client{Timeout: 10 * time.Second}
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := client.Post(base+"/v1/orders", "application/json", strings.NewReader(`{"lines":[{"resource_id":"busy","quantity":1}]}`))
+				if err != nil {
+					return // the server has stopped listening
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode == 201 {
+					acked.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("allot exited with %v\n%s", err, logs.String())
+	}
+	close(stop)
+	wg.Wait()
+	if acked.Load() == 0 {
+		t.Fatal("no order was acknowledged before the shutdown")
 	}
 	for _, want := range []string{`"msg":"allot serving"`, `"msg":"stopped"`} {
 		if !strings.Contains(logs.String(), want) {
@@ -97,6 +137,11 @@ func TestServeAndShutdown(t *testing.T) {
 	if err != nil || len(b) != 1 || b[0].Booked != 2 {
 		t.Fatalf("after restart: %+v, %v", b, err)
 	}
+	b, err = s.Buckets(context.Background(), "busy", "", "")
+	if err != nil || len(b) != 1 || int64(b[0].Booked) != acked.Load() {
+		t.Fatalf("%d orders acknowledged during shutdown, %+v on disk (%v)", acked.Load(), b, err)
+	}
+	t.Logf("%d orders acknowledged while shutting down, all on disk", acked.Load())
 }
 
 func TestCommands(t *testing.T) {

@@ -40,7 +40,9 @@ func child(schema string) int {
 		return 1
 	}
 	defer s.Close()
-	eng := engine.New(s, engine.Options{})
+	// The production default on PostgreSQL: batched, four workers.
+	eng := engine.New(s, engine.Options{Batching: engine.Batching{Workers: 4}})
+	defer eng.Close()
 	var won, failed atomic.Int32
 	var wg sync.WaitGroup
 	for w := range childWorkers {
