@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +52,19 @@ func (d *Date) UnmarshalText(b []byte) error {
 	}
 	*d = p
 	return nil
+}
+
+// UnmarshalJSON reads "YYYY-MM-DD". A bad value is a *json.UnmarshalTypeError,
+// which the decoder annotates with the field's path (lines.check_in).
+func (d *Date) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		if p, err := ParseDate(s); err == nil {
+			*d = p
+			return nil
+		}
+	}
+	return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[Date]()}
 }
 
 // Nights lists the nights of a stay: check-in up to, not including, check-out.

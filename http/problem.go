@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	nethttp "net/http"
+	"reflect"
 	"strings"
 
 	"github.com/allot/allot"
@@ -126,6 +127,9 @@ func jsonFieldError(err error) *allot.Error {
 		field := typ.Field
 		if field == "" {
 			field = "(body)"
+		}
+		if typ.Type == reflect.TypeFor[allot.Date]() {
+			return &allot.Error{Code: codeMalformed, Field: field, Line: -1, Detail: fmt.Sprintf("%s must be a date of the form YYYY-MM-DD, not %s", field, typ.Value)}
 		}
 		return &allot.Error{Code: codeMalformed, Field: field, Line: -1, Detail: fmt.Sprintf("%s must be %s, not a JSON %s", field, jsonKind(typ.Type.Kind().String()), typ.Value)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
