@@ -80,6 +80,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/orders/{id}", s.handle(200, s.getOrder)},
 		{"POST /v1/orders/{id}/cancel", s.handle(200, s.cancelOrder)},
 		{"GET /v1/feeds/orders", s.handle(200, s.ordersFeed)},
+		{"GET /v1/events/stream", nethttp.HandlerFunc(s.eventStream)},
 	}
 }
 

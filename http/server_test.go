@@ -1,6 +1,7 @@
 package http_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
@@ -439,4 +441,74 @@ func TestOrdersFeed(t *testing.T) {
 	}
 	a.mustDo(422, "GET", "/v1/feeds/orders?afterChangeNumber=x", "")
 	a.mustDo(422, "GET", "/v1/feeds/orders?afterChangeNumber=-1", "")
+}
+
+// TestEventStream reads the SSE stream, then resumes it with Last-Event-ID
+// and gets only what came after.
+func TestEventStream(t *testing.T) {
+	a := newAPI(t)
+	srv := httptest.NewServer(a.h)
+	defer srv.Close()
+	eng := engine.New(a.store, engine.Options{})
+	a.seed()
+	a.mustDo(201, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+	if _, err := eng.Sequence(context.Background(), 1000); err != nil {
+		t.Fatal(err)
+	}
+	type sse struct{ id, event, data string }
+	read := func(lastID string, n int) []sse {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := nethttp.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/events/stream", nil)
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		res, err := nethttp.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if ct := res.Header.Get("Content-Type"); ct != "text/event-stream" {
+			t.Fatalf("Content-Type %q", ct)
+		}
+		var out []sse
+		var cur sse
+		sc := bufio.NewScanner(res.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for len(out) < n && sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if cur.id != "" {
+					out = append(out, cur)
+				}
+				cur = sse{}
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				cur.data = line[6:]
+			}
+		}
+		return out
+	}
+	all := read("", 5) // four resources and an order
+	if len(all) != 5 || all[4].event != allot.EventOrderCreated || all[0].event != allot.EventResourceCreated {
+		t.Fatalf("stream %+v", all)
+	}
+	var ev allot.Event
+	if err := json.Unmarshal([]byte(all[4].data), &ev); err != nil || ev.Type != allot.EventOrderCreated || fmt.Sprint(ev.ChangeNo) != all[4].id {
+		t.Fatalf("data %s: %v", all[4].data, err)
+	}
+	a.mustDo(201, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`)
+	if _, err := eng.Sequence(context.Background(), 1000); err != nil {
+		t.Fatal(err)
+	}
+	rest := read(all[4].id, 1)
+	if len(rest) != 1 || rest[0].event != allot.EventOrderCreated || rest[0].id != fmt.Sprint(ev.ChangeNo+1) {
+		t.Fatalf("resumed after %s: %+v", all[4].id, rest)
+	}
+	a.mustDo(422, "GET", "/v1/events/stream?after=x", "")
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
+	"github.com/allot/allot/events"
 	allothttp "github.com/allot/allot/http"
 	"github.com/allot/allot/store/postgres"
 	"github.com/allot/allot/store/sqlite"
@@ -47,8 +48,10 @@ Usage:
 --db is sqlite:PATH (default sqlite:allot-data/allot.db, nothing to install)
 or postgres://user@host:port/db (several allot processes may share it).
 serve also takes --engine batch|naive, --batch-workers, --batch-max,
---batch-linger and --cpuprofile FILE.
-Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error).
+--batch-linger, --cpuprofile FILE, and publishes events with --nats-url URL
+(--nats-stream, --nats-subject) and --kafka-brokers HOST:PORT,...
+Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error),
+ALLOT_NATS_URL, ALLOT_NATS_STREAM, ALLOT_NATS_SUBJECT, ALLOT_KAFKA_BROKERS.
 `
 
 func run(args []string, stderr io.Writer) int {
@@ -70,6 +73,10 @@ func run(args []string, stderr io.Writer) int {
 	maxBatch := fs.Int("batch-max", 256, "most requests in one batch")
 	linger := fs.Duration("batch-linger", 0, "how long a batch may wait for company (0: never wait)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server to this file until it stops")
+	natsURL := fs.String("nats-url", env("ALLOT_NATS_URL", ""), "publish events to NATS JetStream at this URL (ALLOT_NATS_URL)")
+	natsStream := fs.String("nats-stream", env("ALLOT_NATS_STREAM", "ALLOT"), "JetStream stream for the events (ALLOT_NATS_STREAM)")
+	natsSubject := fs.String("nats-subject", env("ALLOT_NATS_SUBJECT", "allot.events"), "subject prefix: <prefix>.<event type> (ALLOT_NATS_SUBJECT)")
+	kafkaBrokers := fs.String("kafka-brokers", env("ALLOT_KAFKA_BROKERS", ""), "publish events to Kafka at these comma-separated brokers (ALLOT_KAFKA_BROKERS)")
 	if cmd == "bench" {
 		return runBench(args, stderr)
 	}
@@ -121,7 +128,17 @@ func run(args []string, stderr io.Writer) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	if err := serve(ctx, log, store, *addr, batching); err != nil {
+	sinks, err := openSinks(ctx, *natsURL, *natsStream, *natsSubject, *kafkaBrokers)
+	if err != nil {
+		log.Error("connecting the event publishers", "err", err)
+		return 1
+	}
+	defer func() {
+		for _, s := range sinks {
+			s.Close()
+		}
+	}()
+	if err := serve(ctx, log, store, *addr, batching, sinks); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -186,7 +203,30 @@ func redact(url string) string {
 
 // serve runs the API until ctx ends, then drains in-flight requests: each
 // one either commits and is answered, or did not happen.
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching) error {
+// openSinks connects the configured event publishers.
+func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers string) ([]events.Sink, error) {
+	var sinks []events.Sink
+	if natsURL != "" {
+		n, err := events.NewNATS(ctx, events.NATSConfig{URL: natsURL, Stream: stream, Subject: subject})
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, n)
+	}
+	if kafkaBrokers != "" {
+		k, err := events.NewKafka(strings.Split(kafkaBrokers, ","))
+		if err != nil {
+			for _, s := range sinks {
+				s.Close()
+			}
+			return nil, err
+		}
+		sinks = append(sinks, k)
+	}
+	return sinks, nil
+}
+
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink) error {
 	eng := engine.New(store, engine.Options{Logger: log, Batching: b})
 	defer eng.Close()
 	srv := &nethttp.Server{
@@ -208,6 +248,11 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	defer func() { stopSweep(); background.Wait() }()
 	background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
 	background.Go(func() { eng.RunSequencer(sweepCtx, 200*time.Millisecond) })
+	for _, sink := range sinks {
+		relay := events.NewRelay(store, sink, log)
+		background.Go(func() { relay.Run(sweepCtx) })
+		log.Info("publishing events", "sink", sink.Name())
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
