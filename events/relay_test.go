@@ -226,7 +226,7 @@ func TestKafkaRelayCrashes(t *testing.T) {
 	})
 }
 
-func natsURL(t *testing.T) string {
+func natsURL(t testing.TB) string {
 	url := os.Getenv("ALLOT_TEST_NATS")
 	if url == "" {
 		url = nats.DefaultURL
