@@ -32,12 +32,15 @@ func (k Kind) Valid() bool { return k == KindNightly || k == KindSlot || k == Ki
 // Resource is something with capacity, owned by a seller. Its kind, default
 // capacity and price never change after creation; capacity per bucket does.
 type Resource struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Kind      Kind      `json:"kind"`
-	Capacity  int       `json:"capacity"`
-	Slots     []Slot    `json:"slots,omitempty"`
-	Price     *Money    `json:"price,omitempty"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Kind     Kind   `json:"kind"`
+	Capacity int    `json:"capacity"`
+	Slots    []Slot `json:"slots,omitempty"`
+	Price    *Money `json:"price,omitempty"`
+	// Threshold, when set, makes a bucket whose availability falls to or
+	// below it (or climbs back above) emit availability.low (restored).
+	Threshold *int      `json:"threshold,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -225,4 +228,6 @@ const (
 	EventHoldExpired     = "hold.expired"
 	EventOrderCreated    = "order.created"
 	EventOrderStatus     = "order.status_changed"
+	EventAvailabilityLow = "availability.low"
+	EventAvailabilityUp  = "availability.restored"
 )

@@ -291,8 +291,39 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 			}
 		}
 	}
-	if err := tx.SaveBuckets(ctx, w.dirty()); err != nil {
+	dirty := w.dirty()
+	if err := tx.SaveBuckets(ctx, dirty); err != nil {
 		return err
 	}
+	e.thresholds(w, dirty)
 	return tx.AppendEvents(ctx, w.events)
+}
+
+// thresholds emits availability.low when a bucket's committed availability
+// falls to or below its resource's threshold, and availability.restored
+// when it climbs back above: once per crossing, since it compares the
+// state this transaction locked with the state it commits.
+func (e *Engine) thresholds(w *wtx, dirty []allot.Bucket) {
+	for _, b := range dirty {
+		v, ok := e.resources.Load(b.ResourceID)
+		if !ok {
+			continue
+		}
+		t := v.(allot.Resource).Threshold
+		if t == nil {
+			continue
+		}
+		before, after := w.orig[b.BucketKey].Available(), b.Available()
+		typ := ""
+		switch {
+		case before > *t && after <= *t:
+			typ = allot.EventAvailabilityLow
+		case before <= *t && after > *t:
+			typ = allot.EventAvailabilityUp
+		default:
+			continue
+		}
+		w.emit(e.event(typ, b.ResourceID, "", "", map[string]any{
+			"resource_id": b.ResourceID, "key": b.Key, "threshold": *t, "available": after, "capacity": b.Capacity}))
+	}
 }

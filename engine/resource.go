@@ -23,6 +23,8 @@ type ResourceInput struct {
 	Capacity *int
 	Slots    []SlotInput
 	Price    *allot.Money
+	// Threshold: see allot.Resource.
+	Threshold *int
 }
 
 // SlotInput is one slot of a new slot resource; Capacity defaults to the
@@ -68,7 +70,10 @@ func (e *Engine) slot(resourceCap int, field string, in SlotInput) (allot.Slot, 
 
 // CreateResource stores a new resource with its buckets.
 func (e *Engine) CreateResource(ctx context.Context, in ResourceInput) (allot.Resource, error) {
-	r := allot.Resource{ID: in.ID, Name: in.Name, Kind: in.Kind, Price: in.Price, CreatedAt: e.now()}
+	r := allot.Resource{ID: in.ID, Name: in.Name, Kind: in.Kind, Price: in.Price, Threshold: in.Threshold, CreatedAt: e.now()}
+	if in.Threshold != nil && (*in.Threshold < 0 || *in.Threshold > MaxCapacity) {
+		return r, allot.Invalid("threshold", "threshold must be between 0 and %d", MaxCapacity)
+	}
 	if r.ID == "" {
 		r.ID = NewID("res")
 	} else if !idPattern.MatchString(r.ID) {

@@ -19,12 +19,13 @@ func (s slotJSON) input() engine.SlotInput {
 }
 
 type resourceJSON struct {
-	ID       string       `json:"id"`
-	Name     string       `json:"name"`
-	Kind     allot.Kind   `json:"kind"`
-	Capacity *int         `json:"capacity"`
-	Slots    []slotJSON   `json:"slots"`
-	Price    *allot.Money `json:"price"`
+	ID        string       `json:"id"`
+	Name      string       `json:"name"`
+	Kind      allot.Kind   `json:"kind"`
+	Capacity  *int         `json:"capacity"`
+	Slots     []slotJSON   `json:"slots"`
+	Price     *allot.Money `json:"price"`
+	Threshold *int         `json:"threshold"`
 }
 
 func (s *Server) createResource(r *nethttp.Request) (any, error) {
@@ -32,7 +33,7 @@ func (s *Server) createResource(r *nethttp.Request) (any, error) {
 	if err := decode(r, &in); err != nil {
 		return nil, err
 	}
-	ri := engine.ResourceInput{ID: in.ID, Name: in.Name, Kind: in.Kind, Capacity: in.Capacity, Price: in.Price}
+	ri := engine.ResourceInput{ID: in.ID, Name: in.Name, Kind: in.Kind, Capacity: in.Capacity, Price: in.Price, Threshold: in.Threshold}
 	for _, sl := range in.Slots {
 		ri.Slots = append(ri.Slots, sl.input())
 	}

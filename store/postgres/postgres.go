@@ -190,8 +190,8 @@ func (q q) GetResource(ctx context.Context, id string) (allot.Resource, error) {
 	var r allot.Resource
 	var minor, scale sql.NullInt64
 	var cur sql.NullString
-	err := q.db.QueryRow(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at FROM resources WHERE id = $1`, id).
-		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &r.CreatedAt)
+	err := q.db.QueryRow(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at, threshold FROM resources WHERE id = $1`, id).
+		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &r.CreatedAt, &r.Threshold)
 	if err != nil {
 		return r, notFound(err)
 	}
@@ -737,8 +737,8 @@ func (t *tx) InsertResource(ctx context.Context, r allot.Resource) error {
 	minor, scale, cur := rowcodec.Money(r.Price)
 	// ON CONFLICT rather than catching 23505: an error would abort the
 	// transaction, and the engine commits refusals.
-	tag, err := t.db.Exec(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
-		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, r.CreatedAt)
+	tag, err := t.db.Exec(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at, threshold) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
+		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, r.CreatedAt, r.Threshold)
 	if err != nil {
 		return err
 	}

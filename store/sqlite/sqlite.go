@@ -277,10 +277,15 @@ func (q q) GetResource(ctx context.Context, id string) (allot.Resource, error) {
 	var minor, scale sql.NullInt64
 	var cur sql.NullString
 	var created int64
-	err := q.db.QueryRowContext(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at FROM resources WHERE id = ?`, id).
-		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &created)
+	var threshold sql.NullInt64
+	err := q.db.QueryRowContext(ctx, `SELECT id, name, kind, capacity, price_minor, price_scale, currency, created_at, threshold FROM resources WHERE id = ?`, id).
+		Scan(&r.ID, &r.Name, &r.Kind, &r.Capacity, &minor, &scale, &cur, &created, &threshold)
 	if err != nil {
 		return r, notFound(err)
+	}
+	if threshold.Valid {
+		v := int(threshold.Int64)
+		r.Threshold = &v
 	}
 	r.Price, r.CreatedAt = rowcodec.DecodeMoney(minor, scale, cur), fromMicros(created)
 	if r.Kind != allot.KindSlot {
@@ -594,8 +599,8 @@ func isConflict(err error) bool {
 
 func (t *tx) InsertResource(ctx context.Context, r allot.Resource) error {
 	minor, scale, cur := rowcodec.Money(r.Price)
-	_, err := t.db.ExecContext(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, micros(r.CreatedAt))
+	_, err := t.db.ExecContext(ctx, `INSERT INTO resources (id, name, kind, capacity, price_minor, price_scale, currency, created_at, threshold) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Name, string(r.Kind), r.Capacity, minor, scale, cur, micros(r.CreatedAt), r.Threshold)
 	if isConflict(err) {
 		return allot.ErrConflict
 	}

@@ -9,6 +9,7 @@ package storetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -89,6 +90,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("RaceOverlappingStays", s.testRaceOverlappingStays)
 	t.Run("RaceMixed", s.testRaceMixed)
 	t.Run("FeedRace", s.testFeedRace)
+	t.Run("Thresholds", s.testThresholds)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -828,4 +830,45 @@ func (s suite) testRaceMixed(t *testing.T) {
 			t.Fatalf("after the last sweep a hold still claims %+v", c)
 		}
 	}
+}
+
+// testThresholds: availability.low when a bucket falls to or below the
+// threshold, availability.restored when it climbs back above, once per
+// crossing.
+func (s suite) testThresholds(t *testing.T) {
+	e := s.env(t)
+	e.resource(engine.ResourceInput{ID: "cake", Name: "cake", Kind: allot.KindStock, Capacity: ptr(10), Threshold: ptr(3)})
+	e.stock("plain", 10) // no threshold: never an event
+	var orders []string
+	for _, q := range []int{5, 2, 1, 1} { // available 5, 3 (low), 2, 1
+		o, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{units("cake", q), units("plain", q)}})
+		e.must(err)
+		orders = append(orders, o.ID)
+	}
+	_, err := e.eng.CancelOrder(e.ctx, orders[1], "x") // available 3: still low
+	e.must(err)
+	_, err = e.eng.CancelOrder(e.ctx, orders[0], "x") // available 8: restored
+	e.must(err)
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{units("cake", 6)}}) // available 2: low again
+	e.must(err)
+	evs, err := e.store.EventsAfter(e.ctx, 0, 1000)
+	e.must(err)
+	var got []string
+	for _, ev := range evs {
+		if ev.Type != allot.EventAvailabilityLow && ev.Type != allot.EventAvailabilityUp {
+			continue
+		}
+		var p struct {
+			ResourceID string `json:"resource_id"`
+			Available  int    `json:"available"`
+		}
+		e.must(json.Unmarshal(ev.Payload, &p))
+		got = append(got, fmt.Sprintf("%s %s %d", ev.Type, p.ResourceID, p.Available))
+	}
+	want := []string{"availability.low cake 3", "availability.restored cake 8", "availability.low cake 2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("threshold events %v, want %v", got, want)
+	}
+	_, err = e.eng.CreateResource(e.ctx, engine.ResourceInput{Name: "x", Kind: allot.KindStock, Capacity: ptr(1), Threshold: ptr(-1)})
+	wantCode(t, err, allot.CodeInvalid)
 }

@@ -1,0 +1,2 @@
+-- A resource may declare an availability threshold (seed 000's price cache).
+ALTER TABLE resources ADD COLUMN threshold INTEGER;
