@@ -29,6 +29,8 @@ type Store interface {
 	ReleaseIdempotencyKey(ctx context.Context, key, token string) error
 	// SetCursor stores a named position.
 	SetCursor(ctx context.Context, name string, v int64) error
+
+	Webhooks
 	// DeleteIdempotencyKeysBefore forgets completed keys older than t.
 	DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (int, error)
 
@@ -172,4 +174,60 @@ type IdempotencyRecord struct {
 	Status    int
 	Body      []byte
 	ClaimedAt time.Time
+}
+
+// Webhook is a subscriber to events over HTTP.
+type Webhook struct {
+	ID         string    `json:"id"`
+	URL        string    `json:"url"`
+	Secret     string    `json:"secret,omitempty"`
+	EventTypes []string  `json:"event_types"`
+	Cursor     int64     `json:"-"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// DeliveryStatus is where a webhook delivery stands.
+type DeliveryStatus string
+
+const (
+	DeliveryPending   DeliveryStatus = "pending"
+	DeliveryDelivered DeliveryStatus = "delivered"
+	DeliveryFailed    DeliveryStatus = "failed"
+)
+
+// Delivery is one event sent, or to be sent, to one webhook.
+type Delivery struct {
+	ID            string         `json:"id"`
+	WebhookID     string         `json:"webhook_id"`
+	EventID       string         `json:"event_id"`
+	EventType     string         `json:"event_type"`
+	ChangeNo      int64          `json:"change_no"`
+	Body          []byte         `json:"-"`
+	Status        DeliveryStatus `json:"status"`
+	Attempts      int            `json:"attempts"`
+	NextAttemptAt time.Time      `json:"next_attempt_at"`
+	CreatedAt     time.Time      `json:"created_at"`
+	LastStatus    int            `json:"last_status,omitempty"`
+	LastError     string         `json:"last_error,omitempty"`
+}
+
+// Webhooks keeps webhook subscribers and their deliveries.
+type Webhooks interface {
+	InsertWebhook(ctx context.Context, w Webhook) error
+	GetWebhook(ctx context.Context, id string) (Webhook, error)
+	ListWebhooks(ctx context.Context) ([]Webhook, error)
+	// DeleteWebhook removes a webhook and its deliveries.
+	DeleteWebhook(ctx context.Context, id string) error
+	// AddDeliveries records deliveries (a repeat of one webhook and event
+	// is ignored) and moves the webhook's fan-out cursor to cursor.
+	AddDeliveries(ctx context.Context, webhookID string, ds []Delivery, cursor int64) error
+	// ClaimDeliveries takes up to limit pending deliveries due at now and
+	// leases them until leaseUntil, so that no other node sends them.
+	ClaimDeliveries(ctx context.Context, now, leaseUntil time.Time, limit int) ([]Delivery, error)
+	// UpdateDelivery records an attempt's outcome.
+	UpdateDelivery(ctx context.Context, d Delivery) error
+	GetDelivery(ctx context.Context, id string) (Delivery, error)
+	// ListDeliveries lists a webhook's deliveries, newest first, optionally
+	// of one status.
+	ListDeliveries(ctx context.Context, webhookID string, status DeliveryStatus, limit int) ([]Delivery, error)
 }

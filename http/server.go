@@ -81,6 +81,12 @@ func (s *Server) routes() []route {
 		{"POST /v1/orders/{id}/cancel", s.handle(200, s.cancelOrder)},
 		{"GET /v1/feeds/orders", s.handle(200, s.ordersFeed)},
 		{"GET /v1/events/stream", nethttp.HandlerFunc(s.eventStream)},
+		{"POST /v1/webhooks", s.handle(201, s.createWebhook)},
+		{"GET /v1/webhooks", s.handle(200, s.listWebhooks)},
+		{"GET /v1/webhooks/{id}", s.handle(200, s.getWebhook)},
+		{"DELETE /v1/webhooks/{id}", s.handle(204, s.deleteWebhook)},
+		{"GET /v1/webhooks/{id}/deliveries", s.handle(200, s.listDeliveries)},
+		{"POST /v1/webhooks/{id}/deliveries/{delivery}/replay", s.handle(200, s.replayDelivery)},
 	}
 }
 

@@ -512,3 +512,34 @@ func TestEventStream(t *testing.T) {
 	}
 	a.mustDo(422, "GET", "/v1/events/stream?after=x", "")
 }
+
+func TestWebhookEndpoints(t *testing.T) {
+	a := newAPI(t)
+	p := a.mustDo(422, "POST", "/v1/webhooks", `{"url":"not a url"}`)
+	if p["field"] != "url" {
+		t.Fatalf("problem %v", p)
+	}
+	w := a.mustDo(201, "POST", "/v1/webhooks", `{"url":"http://127.0.0.1:9/hook","event_types":["order.created"]}`)
+	id, secret := w["id"].(string), w["secret"].(string)
+	if !strings.HasPrefix(secret, "whsec_") {
+		t.Fatalf("webhook %v", w)
+	}
+	list := a.mustDo(200, "GET", "/v1/webhooks", "")
+	hooks := list["webhooks"].([]any)
+	if len(hooks) != 1 || hooks[0].(map[string]any)["secret"] != nil {
+		t.Fatalf("the list shows secrets or misses the webhook: %v", list)
+	}
+	if got := a.mustDo(200, "GET", "/v1/webhooks/"+id, ""); got["secret"] != nil || got["url"] != "http://127.0.0.1:9/hook" {
+		t.Fatalf("get %v", got)
+	}
+	ds := a.mustDo(200, "GET", "/v1/webhooks/"+id+"/deliveries?status=failed", "")
+	if len(ds["deliveries"].([]any)) != 0 {
+		t.Fatalf("deliveries %v", ds)
+	}
+	a.mustDo(422, "GET", "/v1/webhooks/"+id+"/deliveries?status=lost", "")
+	a.mustDo(404, "POST", "/v1/webhooks/"+id+"/deliveries/dlv_nope/replay", "")
+	a.mustDo(204, "DELETE", "/v1/webhooks/"+id, "")
+	a.mustDo(404, "GET", "/v1/webhooks/"+id, "")
+	a.mustDo(404, "DELETE", "/v1/webhooks/"+id, "")
+	a.mustDo(404, "GET", "/v1/webhooks/"+id+"/deliveries", "")
+}

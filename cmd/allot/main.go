@@ -30,6 +30,7 @@ import (
 	allothttp "github.com/allot/allot/http"
 	"github.com/allot/allot/store/postgres"
 	"github.com/allot/allot/store/sqlite"
+	"github.com/allot/allot/webhook"
 )
 
 const defaultDB = "sqlite:allot-data/allot.db"
@@ -248,6 +249,7 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	defer func() { stopSweep(); background.Wait() }()
 	background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
 	background.Go(func() { eng.RunSequencer(sweepCtx, 200*time.Millisecond) })
+	background.Go(func() { webhook.New(store, webhook.Config{}, log).Run(sweepCtx, 500*time.Millisecond) })
 	for _, sink := range sinks {
 		relay := events.NewRelay(store, sink, log)
 		background.Go(func() { relay.Run(sweepCtx) })
