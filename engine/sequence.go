@@ -84,27 +84,7 @@ func orderOf(ev allot.Event) ([]byte, error) {
 
 // RunSequencer numbers new events every interval until ctx ends.
 func (e *Engine) RunSequencer(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for {
-			n, err := e.Sequence(ctx, 1000)
-			if err != nil {
-				if ctx.Err() == nil {
-					e.log.ErrorContext(ctx, "sequencing events", "err", err)
-				}
-				break
-			}
-			if n < 1000 {
-				break
-			}
-		}
-	}
+	e.every(ctx, interval, "sequencing events", 1000, e.Sequence)
 }
 
 // OrdersFeed numbers what has committed, then reads the feed after a

@@ -35,6 +35,18 @@ func (e *Engine) Sweep(ctx context.Context, limit int) (int, error) {
 
 // RunSweeper sweeps every interval until ctx ends, logging failures.
 func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration) {
+	e.every(ctx, interval, "sweeping expired holds", 100, func(ctx context.Context, limit int) (int, error) {
+		n, err := e.Sweep(ctx, limit)
+		if n > 0 {
+			e.log.InfoContext(ctx, "released expired holds", "count", n)
+		}
+		return n, err
+	})
+}
+
+// every runs step every interval until ctx ends; a step that did a whole
+// batch (limit) runs again at once, so a backlog drains without waiting.
+func (e *Engine) every(ctx context.Context, interval time.Duration, what string, limit int, step func(context.Context, int) (int, error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -44,17 +56,14 @@ func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		for {
-			n, err := e.Sweep(ctx, 100)
+			n, err := step(ctx, limit)
 			if err != nil {
 				if ctx.Err() == nil {
-					e.log.ErrorContext(ctx, "sweeping expired holds", "err", err)
+					e.log.ErrorContext(ctx, what, "err", err)
 				}
 				break
 			}
-			if n > 0 {
-				e.log.InfoContext(ctx, "released expired holds", "count", n)
-			}
-			if n < 100 {
+			if n < limit {
 				break
 			}
 		}
