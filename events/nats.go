@@ -34,7 +34,8 @@ func NewNATS(ctx context.Context, c NATSConfig) (*NATS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nats: connecting to %s: %w", c.URL, err)
 	}
-	js, err := jetstream.New(nc)
+	// A reply that never comes fails the publish instead of hanging it.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -50,26 +51,41 @@ func NewNATS(ctx context.Context, c NATSConfig) (*NATS, error) {
 
 func (n *NATS) Name() string { return n.name }
 
-// Publish sends all of evs asynchronously, in order on one connection, and
-// waits for every acknowledgement.
+// Publish sends evs and waits for every acknowledgement. Events of
+// different resources are in flight together; a resource's next event is
+// sent only once its previous one is acknowledged, and the library's own
+// retries are off (they run concurrently and could reorder): if one fails,
+// none after it for that resource is sent, and the relay sends the batch
+// again in order (JetStream drops the repeats by Nats-Msg-Id).
 func (n *NATS) Publish(ctx context.Context, evs []allot.Event) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(evs))
-	for _, ev := range evs {
-		msg := &nats.Msg{Subject: n.prefix + "." + ev.Type, Data: Message(ev), Header: nats.Header{}}
-		msg.Header.Set("Allot-Resource", ev.ResourceID)
-		f, err := n.js.PublishMsgAsync(msg, jetstream.WithMsgID(ev.ID))
-		if err != nil {
-			return fmt.Errorf("nats: publishing %s: %w", ev.ID, err)
-		}
-		futures = append(futures, f)
-	}
-	for _, f := range futures {
+	inFlight := map[string]jetstream.PubAckFuture{} // resource -> its unacknowledged event
+	wait := func(f jetstream.PubAckFuture) error {
 		select {
 		case <-f.Ok():
+			return nil
 		case err := <-f.Err():
 			return fmt.Errorf("nats: %s not acknowledged: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+	}
+	for _, ev := range evs {
+		if f, ok := inFlight[ev.ResourceID]; ok {
+			if err := wait(f); err != nil {
+				return err
+			}
+		}
+		msg := &nats.Msg{Subject: n.prefix + "." + ev.Type, Data: Message(ev), Header: nats.Header{}}
+		msg.Header.Set("Allot-Resource", ev.ResourceID)
+		f, err := n.js.PublishMsgAsync(msg, jetstream.WithMsgID(ev.ID), jetstream.WithRetryAttempts(0))
+		if err != nil {
+			return fmt.Errorf("nats: publishing %s: %w", ev.ID, err)
+		}
+		inFlight[ev.ResourceID] = f
+	}
+	for _, f := range inFlight {
+		if err := wait(f); err != nil {
+			return err
 		}
 	}
 	return nil

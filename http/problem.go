@@ -22,6 +22,7 @@ const (
 	codeMediaType        allot.Code = "unsupported-media-type"
 	codeMethodNotAllowed allot.Code = "method-not-allowed"
 	codeInternal         allot.Code = "internal-error"
+	codeUnavailable      allot.Code = "unavailable"
 )
 
 // problemStatus maps each code to its HTTP status and title.
@@ -47,6 +48,7 @@ var problemStatus = map[allot.Code]struct {
 	codeMediaType:                    {415, "Unsupported media type"},
 	codeMethodNotAllowed:             {405, "Method not allowed"},
 	codeInternal:                     {500, "Internal error"},
+	codeUnavailable:                  {503, "Unavailable"},
 }
 
 // Problem is an RFC 9457 problem details object, with Allot's extensions.

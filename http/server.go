@@ -17,6 +17,8 @@ import (
 	nethttp "net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -37,17 +39,24 @@ var openapi []byte
 
 // Server serves the API.
 type Server struct {
-	eng *engine.Engine
-	log *slog.Logger
-	mux *nethttp.ServeMux
+	eng       *engine.Engine
+	log       *slog.Logger
+	mux       *nethttp.ServeMux
+	streams   atomic.Int64
+	closing   chan struct{}
+	closeOnce sync.Once
 }
+
+// CloseStreams ends the open event streams, so that a graceful shutdown
+// does not wait for them (pass it to http.Server.RegisterOnShutdown).
+func (s *Server) CloseStreams() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // New returns the API on eng.
 func New(eng *engine.Engine, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{eng: eng, log: log, mux: nethttp.NewServeMux()}
+	s := &Server{eng: eng, log: log, mux: nethttp.NewServeMux(), closing: make(chan struct{})}
 	for _, r := range s.routes() {
 		s.mux.Handle(r.pattern, r.h)
 	}

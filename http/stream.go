@@ -15,6 +15,11 @@ import (
 const (
 	streamPoll      = 200 * time.Millisecond
 	streamHeartbeat = 15 * time.Second
+	// streamWrite bounds one write to a client: one that stops reading is
+	// dropped, not waited for.
+	streamWrite = 10 * time.Second
+	// MaxStreams bounds the streams open at once; each polls the store.
+	MaxStreams = 256
 )
 
 // eventStream serves the outbox as Server-Sent Events: each event once, in
@@ -29,6 +34,14 @@ func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
 		fail(err)
 		return
 	}
+	if s.streams.Add(1) > MaxStreams {
+		s.streams.Add(-1)
+		w.Header().Set("Retry-After", "5")
+		p := problemOf(&allot.Error{Code: codeUnavailable, Line: -1, Detail: fmt.Sprintf("%d event streams are open, the most this server keeps; retry later", MaxStreams)}, r.URL.Path)
+		writeBody(w, p.Status, problemBody(p))
+		return
+	}
+	defer s.streams.Add(-1)
 	var after int64
 	from, field := r.Header.Get("Last-Event-ID"), "Last-Event-ID"
 	if from == "" {
@@ -43,8 +56,9 @@ func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
 		after = n
 	}
 	rc := nethttp.NewResponseController(w)
-	// The server's write timeout is for requests; a stream lives on.
-	_ = rc.SetWriteDeadline(time.Time{})
+	// The server's write timeout is for requests; a stream lives on, each
+	// write with a deadline of its own.
+	_ = rc.SetWriteDeadline(time.Now().Add(streamWrite))
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -74,6 +88,7 @@ func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
 			after = ev.ChangeNo
 		}
 		if len(evs) > 0 || time.Since(lastWrite) > streamHeartbeat {
+			_ = rc.SetWriteDeadline(time.Now().Add(streamWrite))
 			if len(evs) == 0 {
 				fmt.Fprint(w, ": heartbeat\n\n")
 			}
@@ -88,6 +103,8 @@ func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.closing:
+			return // the server is shutting down: the client reconnects elsewhere
 		case <-poll.C:
 		}
 	}

@@ -230,14 +230,16 @@ func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers strin
 func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink) error {
 	eng := engine.New(store, engine.Options{Logger: log, Batching: b})
 	defer eng.Close()
+	api := allothttp.New(eng, log)
 	srv := &nethttp.Server{
-		Handler:           allothttp.New(eng, log),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(api.CloseStreams)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err

@@ -111,12 +111,22 @@ func TestServeAndShutdown(t *testing.T) {
 			}
 		}()
 	}
+	// A client watching the event stream must not hold the shutdown up.
+	stream, err := nethttp.Get(base + "/v1/events/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
 	time.Sleep(300 * time.Millisecond)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	stopped := time.Now()
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("allot exited with %v\n%s", err, logs.String())
+	}
+	if d := time.Since(stopped); d > 10*time.Second {
+		t.Fatalf("shutting down took %s: something held it up", d)
 	}
 	close(stop)
 	wg.Wait()
