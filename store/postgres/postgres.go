@@ -464,9 +464,11 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClai
 	return rec, err
 }
 
-// SetCursor stores a named position.
+// SetCursor stores a named position; it never moves one backwards (two
+// relays of one sink would otherwise undo each other's progress).
 func (s *Store) SetCursor(ctx context.Context, name string, v int64) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v)
+	_, err := s.pool.Exec(ctx, `INSERT INTO counters (name, value) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE counters.value < excluded.value`, name, v)
 	return err
 }
 
@@ -947,7 +949,15 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 	if len(seqs) == 0 {
 		return nil
 	}
-	t.queue(nil, `UPDATE events e SET change_no = v.c FROM unnest($1::bigint[], $2::bigint[]) AS v(s, c) WHERE e.seq = v.s`, seqs, changeNos)
+	// Guarded, and judged before COMMIT: should two sequencers ever run at
+	// once (the advisory lock is per schema name), one fails; none can
+	// renumber an event a reader has passed.
+	t.queue(func(ct pgconn.CommandTag) error {
+		if ct.RowsAffected() != int64(len(seqs)) {
+			return errSequenceRace
+		}
+		return nil
+	}, `UPDATE events e SET change_no = v.c FROM unnest($1::bigint[], $2::bigint[]) AS v(s, c) WHERE e.seq = v.s AND e.change_no IS NULL`, seqs, changeNos)
 	if len(items) > 0 {
 		ids, states, data := make([]string, len(items)), make([]string, len(items)), make([]string, len(items))
 		nos, mods := make([]int64, len(items)), make([]time.Time, len(items))
@@ -962,13 +972,18 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 			ON CONFLICT (order_id) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified, state = excluded.state, data = excluded.data`,
 			ids, nos, mods, states, data)
 	}
-	last := changeNos[0]
+	first, last := changeNos[0], changeNos[0]
 	for _, c := range changeNos {
-		last = max(last, c)
+		first, last = min(first, c), max(last, c)
 	}
-	t.queue(nil, `UPDATE counters SET value = $1 WHERE name = 'change_no' AND value < $1`, last)
+	// Compare and set: the counter must still be where this sequencer read it.
+	t.queue(rowsAffected(errSequenceRace), `UPDATE counters SET value = $1 WHERE name = 'change_no' AND value = $2`, last, first-1)
 	return nil
 }
+
+// errSequenceRace: another sequencer numbered events meanwhile; this one's
+// transaction rolls back and the next round starts afresh.
+var errSequenceRace = errors.New("postgres: another sequencer ran at the same time")
 
 func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error {
 	t.queue(rowsAffected(allot.ErrIdempotencyLost), `UPDATE idempotency_keys SET done = true, status = $1, body = $2 WHERE key = $3 AND token = $4 AND NOT done`, status, body, key, token)

@@ -564,9 +564,10 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, c allot.IdempotencyClai
 	return rec, err
 }
 
-// SetCursor stores a named position.
+// SetCursor stores a named position; it never moves one backwards.
 func (s *Store) SetCursor(ctx context.Context, name string, v int64) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v)
+	_, err := s.w.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES (?, ?)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE counters.value < excluded.value`, name, v)
 	return err
 }
 
@@ -788,8 +789,12 @@ func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
 func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem) error {
 	var last int64
 	for i := range seqs {
-		if _, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = ? WHERE seq = ?`, changeNos[i], seqs[i]); err != nil {
+		res, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = ? WHERE seq = ? AND change_no IS NULL`, changeNos[i], seqs[i])
+		if err != nil {
 			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("sqlite: event %d was numbered by another sequencer", seqs[i])
 		}
 		last = max(last, changeNos[i])
 	}

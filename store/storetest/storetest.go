@@ -91,6 +91,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("RaceMixed", s.testRaceMixed)
 	t.Run("FeedRace", s.testFeedRace)
 	t.Run("Thresholds", s.testThresholds)
+	t.Run("SequencerGuards", s.testSequencerGuards)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -871,4 +872,36 @@ func (s suite) testThresholds(t *testing.T) {
 	}
 	_, err = e.eng.CreateResource(e.ctx, engine.ResourceInput{Name: "x", Kind: allot.KindStock, Capacity: ptr(1), Threshold: ptr(-1)})
 	wantCode(t, err, allot.CodeInvalid)
+}
+
+// testSequencerGuards: a cursor never moves backwards, and an event that
+// has a change number cannot be given another (two sequencers at once
+// would fail rather than renumber what a reader has passed).
+func (s suite) testSequencerGuards(t *testing.T) {
+	e := s.env(t)
+	e.stock("g", 5)
+	e.must(e.store.SetCursor(e.ctx, "relay:test", 5))
+	e.must(e.store.SetCursor(e.ctx, "relay:test", 3))
+	if c, err := e.store.Cursor(e.ctx, "relay:test"); err != nil || c != 5 {
+		t.Fatalf("cursor %d after 5 then 3, %v", c, err)
+	}
+	if _, err := e.eng.Sequence(e.ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := e.store.EventsAfterChange(e.ctx, 0, 10)
+	e.must(err)
+	if len(evs) == 0 || evs[0].ChangeNo == 0 {
+		t.Fatalf("events %+v", evs)
+	}
+	err = e.store.Write(e.ctx, func(tx allot.Tx) error {
+		return tx.Sequence(e.ctx, []int64{evs[0].Seq}, []int64{evs[0].ChangeNo + 100}, nil)
+	})
+	if err == nil {
+		t.Fatal("an event was numbered twice")
+	}
+	again, err := e.store.EventsAfterChange(e.ctx, 0, 10)
+	e.must(err)
+	if again[0].ChangeNo != evs[0].ChangeNo {
+		t.Fatalf("change number moved from %d to %d", evs[0].ChangeNo, again[0].ChangeNo)
+	}
 }
