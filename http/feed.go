@@ -46,8 +46,8 @@ func (s *Server) ordersFeed(r *nethttp.Request) (any, error) {
 		return nil, err
 	}
 	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
+		scheme = "https" // directly, or behind a TLS-terminating proxy
 	}
 	base := fmt.Sprintf("%s://%s%s", scheme, r.Host, r.URL.Path)
 	page := rpdePage{Items: []rpdeItem{}, License: "https://creativecommons.org/licenses/by/4.0/"}
