@@ -8,14 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
 )
-
-func splitTypes(s string) []string {
-	if s == "" {
-		return []string{}
-	}
-	return strings.Split(s, ",")
-}
 
 func (s *Store) InsertWebhook(ctx context.Context, w allot.Webhook) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO webhooks (id, url, secret, event_types, cursor, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
@@ -31,7 +25,7 @@ func scanWebhook(sc pgx.Row) (allot.Webhook, error) {
 	if err := sc.Scan(&w.ID, &w.URL, &w.Secret, &types, &w.Cursor, &w.CreatedAt); err != nil {
 		return w, notFound(err)
 	}
-	w.EventTypes, w.CreatedAt = splitTypes(types), w.CreatedAt.UTC()
+	w.EventTypes, w.CreatedAt = rowcodec.Types(types), w.CreatedAt.UTC()
 	return w, nil
 }
 

@@ -8,14 +8,8 @@ import (
 	"time"
 
 	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
 )
-
-func splitTypes(s string) []string {
-	if s == "" {
-		return []string{}
-	}
-	return strings.Split(s, ",")
-}
 
 func (s *Store) InsertWebhook(ctx context.Context, w allot.Webhook) error {
 	_, err := s.w.ExecContext(ctx, `INSERT INTO webhooks (id, url, secret, event_types, cursor, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -32,7 +26,7 @@ func scanWebhook(sc interface{ Scan(...any) error }) (allot.Webhook, error) {
 	if err := sc.Scan(&w.ID, &w.URL, &w.Secret, &types, &w.Cursor, &created); err != nil {
 		return w, notFound(err)
 	}
-	w.EventTypes, w.CreatedAt = splitTypes(types), fromMicros(created)
+	w.EventTypes, w.CreatedAt = rowcodec.Types(types), fromMicros(created)
 	return w, nil
 }
 

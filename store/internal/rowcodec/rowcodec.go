@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/allot/allot"
 )
@@ -48,4 +49,12 @@ func DecodeMoney(minor, scale sql.NullInt64, currency sql.NullString) *allot.Mon
 		return nil
 	}
 	return &allot.Money{Minor: minor.Int64, Scale: int(scale.Int64), Currency: currency.String}
+}
+
+// Types decodes a webhook's comma-separated event types.
+func Types(s string) []string {
+	if s == "" {
+		return []string{}
+	}
+	return strings.Split(s, ",")
 }
