@@ -50,9 +50,12 @@ Usage:
 or postgres://user@host:port/db (several allot processes may share it).
 serve also takes --engine batch|naive, --batch-workers, --batch-max,
 --batch-linger, --cpuprofile FILE, and publishes events with --nats-url URL
-(--nats-stream, --nats-subject) and --kafka-brokers HOST:PORT,...
+(--nats-stream, --nats-subject) and --kafka-brokers HOST:PORT,...; with
+--kafka-consume-create-booking GROUP it also confirms the bookings it reads
+from create_booking (seed 000's seller proxy).
 Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error),
-ALLOT_NATS_URL, ALLOT_NATS_STREAM, ALLOT_NATS_SUBJECT, ALLOT_KAFKA_BROKERS.
+ALLOT_NATS_URL, ALLOT_NATS_STREAM, ALLOT_NATS_SUBJECT, ALLOT_KAFKA_BROKERS,
+ALLOT_KAFKA_CONSUME_CREATE_BOOKING.
 `
 
 func run(args []string, stderr io.Writer) int {
@@ -78,6 +81,7 @@ func run(args []string, stderr io.Writer) int {
 	natsStream := fs.String("nats-stream", env("ALLOT_NATS_STREAM", "ALLOT"), "JetStream stream for the events (ALLOT_NATS_STREAM)")
 	natsSubject := fs.String("nats-subject", env("ALLOT_NATS_SUBJECT", "allot.events"), "subject prefix: <prefix>.<event type> (ALLOT_NATS_SUBJECT)")
 	kafkaBrokers := fs.String("kafka-brokers", env("ALLOT_KAFKA_BROKERS", ""), "publish events to Kafka at these comma-separated brokers (ALLOT_KAFKA_BROKERS)")
+	consumeGroup := fs.String("kafka-consume-create-booking", env("ALLOT_KAFKA_CONSUME_CREATE_BOOKING", ""), "act as seed 000's seller proxy: consume create_booking from --kafka-brokers in this consumer group and confirm the bookings (ALLOT_KAFKA_CONSUME_CREATE_BOOKING)")
 	if cmd == "bench" {
 		return runBench(args, stderr)
 	}
@@ -139,7 +143,12 @@ func run(args []string, stderr io.Writer) int {
 			s.Close()
 		}
 	}()
-	if err := serve(ctx, log, store, *addr, batching, sinks); err != nil {
+	if *consumeGroup != "" && *kafkaBrokers == "" {
+		fmt.Fprintln(stderr, "allot: --kafka-consume-create-booking needs --kafka-brokers")
+		return 2
+	}
+	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
+	if err := serve(ctx, log, store, *addr, batching, sinks, consume); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -227,7 +236,10 @@ func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers strin
 	return sinks, nil
 }
 
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink) error {
+// consumer configures the create_booking consumer; no group, no consumer.
+type consumer struct{ brokers, group string }
+
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer) error {
 	eng := engine.New(store, engine.Options{Logger: log, Batching: b})
 	defer eng.Close()
 	api := allothttp.New(eng, log)
@@ -252,6 +264,14 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
 	background.Go(func() { eng.RunSequencer(sweepCtx, 200*time.Millisecond) })
 	background.Go(func() { webhook.New(store, webhook.Config{}, log).Run(sweepCtx, 500*time.Millisecond) })
+	if consume.group != "" {
+		c, err := events.NewKafkaConsumer(strings.Split(consume.brokers, ","), consume.group, events.TopicCreateBooking, log)
+		if err != nil {
+			return err
+		}
+		background.Go(func() { c.Run(sweepCtx, events.ConfirmBookings(eng, log)) })
+		log.Info("consuming create_booking", "group", consume.group)
+	}
 	for _, sink := range sinks {
 		relay := events.NewRelay(store, sink, log)
 		background.Go(func() { relay.Run(sweepCtx) })

@@ -168,6 +168,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"migrate", "--db", "mysql://x"}, 1, "unsupported database URL"},
 		{[]string{"migrate", "--db", "sqlite:"}, 1, "names no file"},
 		{[]string{"migrate", "--log-level", "loud"}, 2, "--log-level"},
+		{[]string{"serve", "--kafka-consume-create-booking", "g"}, 2, "needs --kafka-brokers"},
 		{[]string{"migrate", "--db", "sqlite:" + filepath.Join(dir, "m.db")}, 0, "schema migrated"},
 		{[]string{"migrate", "--db", "postgres://u:secret@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
 	}
