@@ -199,9 +199,18 @@ type Order struct {
 	HoldID     string       `json:"hold_id,omitempty"`
 	Lines      []OrderLine  `json:"lines"`
 	Total      *Money       `json:"total"`
+	// Payment says how the order is paid: which provider, and for the fake
+	// provider how it should behave. Nil for free orders.
+	Payment    *OrderPayment `json:"payment,omitempty"`
 	CreatedAt  time.Time    `json:"created_at"`
 	UpdatedAt  time.Time    `json:"updated_at"`
 	History    []Transition `json:"history"`
+}
+
+// OrderPayment is an order's choice of payment provider.
+type OrderPayment struct {
+	Provider string `json:"provider"`
+	Simulate string `json:"simulate,omitempty"`
 }
 
 // Event is one entry of the transactional outbox, appended in the same

@@ -23,6 +23,8 @@ const (
 	CodeIdempotencyMismatch    Code = "idempotency-key-reused"
 	CodeIdempotencyInFlight    Code = "idempotency-key-in-flight"
 	CodeCurrencyMismatch       Code = "currency-mismatch"
+	CodeUnknownCustomer        Code = "unknown-customer"
+	CodeUnauthorized           Code = "unauthorized"
 )
 
 // Error is a domain error: a refusal or bad input that the caller can fix or

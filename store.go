@@ -47,6 +47,7 @@ type Reader interface {
 	Buckets(ctx context.Context, resourceID, fromKey, toKey string) ([]Bucket, error)
 	GetHold(ctx context.Context, id string) (Hold, error)
 	GetOrder(ctx context.Context, id string) (Order, error)
+	GetCustomer(ctx context.Context, id string) (Customer, error)
 	ListOrders(ctx context.Context, f OrderFilter) ([]Order, error)
 	// Claims lists the live claims on a resource (for invariant checks and
 	// operators), in bucket order.
@@ -128,6 +129,9 @@ type Tx interface {
 	SetHoldStatus(ctx context.Context, id string, s HoldStatus, orderID string) error
 	// LockHold reads a hold and locks its row until commit.
 	LockHold(ctx context.Context, id string) (Hold, error)
+
+	// InsertCustomer stores a customer; ErrConflict if the id is taken.
+	InsertCustomer(ctx context.Context, c Customer) error
 
 	// InsertOrder stores an order, its lines and its history.
 	InsertOrder(ctx context.Context, o Order) error

@@ -64,6 +64,7 @@ type wtx struct {
 	lk     locked
 	orig   map[allot.BucketKey]allot.Bucket
 	events []allot.Event
+	steps  []allot.Step
 }
 
 func (w *wtx) emit(es ...allot.Event) { w.events = append(w.events, es...) }
@@ -296,7 +297,13 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 		return err
 	}
 	e.thresholds(w, dirty)
-	return tx.AppendEvents(ctx, w.events)
+	if err := tx.AppendEvents(ctx, w.events); err != nil {
+		return err
+	}
+	if len(w.steps) > 0 && e.wf.Scheduler != nil {
+		return e.wf.Scheduler.Schedule(ctx, tx, w.steps)
+	}
+	return nil
 }
 
 // thresholds emits availability.low when a bucket's committed availability

@@ -43,6 +43,9 @@ type Options struct {
 	// Batching groups concurrent writes; the zero value runs each request
 	// in its own transaction.
 	Batching Batching
+	// Workflow, when its Scheduler is set, carries orders through payment,
+	// the seller and the notification.
+	Workflow Workflow
 }
 
 // Engine applies Allot's rules on a Store.
@@ -52,6 +55,7 @@ type Engine struct {
 	log       *slog.Logger
 	resources sync.Map // id -> allot.Resource; only immutable fields are used
 	metrics   metrics
+	wf        Workflow
 
 	batch       *batcher
 	batchMu     sync.RWMutex
@@ -69,7 +73,13 @@ func New(s allot.Store, o Options) *Engine {
 	}
 	// Microseconds: what both stores keep, so a stored response and a later
 	// read agree to the digit.
-	e := &Engine{store: s, now: func() time.Time { return o.Now().UTC().Truncate(time.Microsecond) }, log: o.Logger}
+	if o.Workflow.PaymentTimeout <= 0 {
+		o.Workflow.PaymentTimeout = DefaultPaymentTimeout
+	}
+	if o.Workflow.SellerTimeout <= 0 {
+		o.Workflow.SellerTimeout = DefaultSellerTimeout
+	}
+	e := &Engine{store: s, now: func() time.Time { return o.Now().UTC().Truncate(time.Microsecond) }, log: o.Logger, wf: o.Workflow}
 	if o.Batching.Workers > 0 {
 		e.startBatcher(o.Batching)
 	}

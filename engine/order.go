@@ -13,12 +13,16 @@ type OrderInput struct {
 	HoldID     string
 	Lines      []allot.Line
 	CustomerID string
+	// Payment chooses the provider of a priced order (the workflow's
+	// default when nil).
+	Payment *allot.OrderPayment
 }
 
 // CreateOrder books capacity: it converts a hold's claims, or claims the
 // lines directly, all or nothing.
 func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, error) {
-	if err := checkCustomer(in.CustomerID); err != nil {
+	// An unknown customer is refused before anything is held.
+	if err := e.checkOrderCustomer(ctx, in.CustomerID); err != nil {
 		return allot.Order{}, err
 	}
 	switch {
@@ -36,6 +40,9 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
 	if err != nil {
 		return o, err
+	}
+	if err := e.payment(&o, in.Payment); err != nil {
+		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
 		if err := e.fit(ctx, w, d); err != nil {
@@ -74,9 +81,17 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 	if err != nil {
 		return allot.Order{}, err
 	}
+	if customer != in.CustomerID {
+		if err := e.checkOrderCustomer(ctx, customer); err != nil {
+			return allot.Order{}, err
+		}
+	}
 	o, err := e.newOrder(d, customer, h.ID, fmt.Sprintf("booked from hold %s", h.ID))
 	if err != nil {
 		return o, err
+	}
+	if err := e.payment(&o, in.Payment); err != nil {
+		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
 		h, err := w.LockHold(ctx, in.HoldID)
@@ -162,6 +177,7 @@ func (e *Engine) insertOrder(ctx context.Context, w *wtx, o allot.Order) error {
 		return err
 	}
 	w.emit(e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o))
+	w.schedule(e.followUps(o, "", o.Status, o.History[0].Cause)...)
 	return nil
 }
 
@@ -212,6 +228,18 @@ func (e *Engine) CancelOrder(ctx context.Context, id, cause string) (allot.Order
 // status that is not live releases the order's capacity in the same
 // transaction. Moving to the status it already has changes nothing.
 func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus, cause string) (allot.Order, error) {
+	return e.transition(ctx, id, "", to, cause)
+}
+
+// TransitionFrom moves an order from status from to status to: a workflow
+// step's outcome applies only to the state the step was run for. An order
+// already at to is returned unchanged (the step ran before); one in any
+// other status is refused with CodeInvalidTransition, and returned.
+func (e *Engine) TransitionFrom(ctx context.Context, id string, from, to allot.OrderStatus, cause string) (allot.Order, error) {
+	return e.transition(ctx, id, from, to, cause)
+}
+
+func (e *Engine) transition(ctx context.Context, id string, from, to allot.OrderStatus, cause string) (allot.Order, error) {
 	o, err := e.GetOrder(ctx, id)
 	if err != nil {
 		return o, err
@@ -228,6 +256,9 @@ func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus
 		if o.Status == to {
 			return o, nil
 		}
+		if from != "" && o.Status != from {
+			return o, allot.Errorf(allot.CodeInvalidTransition, "order %q is %s, not %s, and cannot become %s", id, o.Status, from, to)
+		}
 		if !allot.CanTransition(o.Status, to) {
 			return nil, allot.Errorf(allot.CodeInvalidTransition, "order %q is %s and cannot become %s", id, o.Status, to)
 		}
@@ -242,9 +273,13 @@ func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus
 		}
 		o.Status, o.UpdatedAt, o.History = to, t.At, append(o.History, t)
 		w.emit(e.event(allot.EventOrderStatus, firstResource(lineList(o.Lines)), id, o.HoldID, map[string]any{"order": o, "transition": t}))
+		w.schedule(e.followUps(o, t.From, to, cause)...)
 		return o, nil
 	}))
 	if err != nil {
+		if o, ok := v.(allot.Order); ok {
+			return o, err
+		}
 		return allot.Order{}, err
 	}
 	return v.(allot.Order), nil

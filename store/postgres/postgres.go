@@ -260,18 +260,22 @@ func (q q) GetHold(ctx context.Context, id string) (allot.Hold, error) {
 	return scanHold(q.db.QueryRow(ctx, `SELECT `+holdCols+` FROM holds WHERE id = $1`, id))
 }
 
-const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at`
+const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at, payment`
 
 func scanOrder(sc pgx.Row) (allot.Order, error) {
 	var o allot.Order
 	var lines string
 	var minor, scale sql.NullInt64
 	var cur sql.NullString
-	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &o.CreatedAt, &o.UpdatedAt); err != nil {
+	var payment string
+	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &o.CreatedAt, &o.UpdatedAt, &payment); err != nil {
 		return o, notFound(err)
 	}
 	o.Total, o.CreatedAt, o.UpdatedAt = rowcodec.DecodeMoney(minor, scale, cur), o.CreatedAt.UTC(), o.UpdatedAt.UTC()
 	var err error
+	if o.Payment, err = rowcodec.DecodePayment(payment); err != nil {
+		return o, err
+	}
 	o.Lines, err = rowcodec.DecodeLines[allot.OrderLine](lines)
 	return o, err
 }
@@ -610,7 +614,7 @@ func (r *holdRows) statement() (string, []any) {
 }
 
 type orderRows struct {
-	ids, statuses, customers, holdIDs, lines []string
+	ids, statuses, customers, holdIDs, lines, payments []string
 	minors, scales                           []*int64
 	currencies                               []*string
 	createds, updateds                       []time.Time
@@ -618,8 +622,8 @@ type orderRows struct {
 
 func (r *orderRows) statement() (string, []any) {
 	return `INSERT INTO orders (` + orderCols + `)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[])`,
-		[]any{r.ids, r.statuses, r.customers, r.holdIDs, r.lines, r.minors, r.scales, r.currencies, r.createds, r.updateds}
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[])`,
+		[]any{r.ids, r.statuses, r.customers, r.holdIDs, r.lines, r.minors, r.scales, r.currencies, r.createds, r.updateds, r.payments}
 }
 
 type transitionRows struct {
@@ -889,6 +893,7 @@ func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
 	}
 	r.minors, r.scales, r.currencies = append(r.minors, minor), append(r.scales, scale), append(r.currencies, cur)
 	r.createds, r.updateds = append(r.createds, o.CreatedAt), append(r.updateds, o.UpdatedAt)
+	r.payments = append(r.payments, rowcodec.Payment(o.Payment))
 	tr := t.rows("transitions", func() bulkRows { return &transitionRows{} }).(*transitionRows)
 	for i, h := range o.History {
 		tr.orderIDs, tr.seqs, tr.froms = append(tr.orderIDs, o.ID), append(tr.seqs, int32(i+1)), append(tr.froms, string(h.From))

@@ -354,7 +354,7 @@ func (q q) GetHold(ctx context.Context, id string) (allot.Hold, error) {
 	return scanHold(q.db.QueryRowContext(ctx, `SELECT `+holdCols+` FROM holds WHERE id = ?`, id))
 }
 
-const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at`
+const orderCols = `id, status, customer_id, hold_id, lines, total_minor, total_scale, currency, created_at, updated_at, payment`
 
 func scanOrder(sc interface{ Scan(...any) error }) (allot.Order, error) {
 	var o allot.Order
@@ -362,11 +362,15 @@ func scanOrder(sc interface{ Scan(...any) error }) (allot.Order, error) {
 	var minor, scale sql.NullInt64
 	var cur sql.NullString
 	var created, updated int64
-	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &created, &updated); err != nil {
+	var payment string
+	if err := sc.Scan(&o.ID, &o.Status, &o.CustomerID, &o.HoldID, &lines, &minor, &scale, &cur, &created, &updated, &payment); err != nil {
 		return o, notFound(err)
 	}
 	o.Total, o.CreatedAt, o.UpdatedAt = rowcodec.DecodeMoney(minor, scale, cur), fromMicros(created), fromMicros(updated)
 	var err error
+	if o.Payment, err = rowcodec.DecodePayment(payment); err != nil {
+		return o, err
+	}
 	o.Lines, err = rowcodec.DecodeLines[allot.OrderLine](lines)
 	return o, err
 }
@@ -724,8 +728,8 @@ func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) { retu
 
 func (t *tx) InsertOrder(ctx context.Context, o allot.Order) error {
 	minor, scale, cur := rowcodec.Money(o.Total)
-	_, err := t.db.ExecContext(ctx, `INSERT INTO orders (`+orderCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, micros(o.CreatedAt), micros(o.UpdatedAt))
+	_, err := t.db.ExecContext(ctx, `INSERT INTO orders (`+orderCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		o.ID, string(o.Status), o.CustomerID, o.HoldID, rowcodec.OrderLines(o.Lines), minor, scale, cur, micros(o.CreatedAt), micros(o.UpdatedAt), rowcodec.Payment(o.Payment))
 	if err != nil {
 		return err
 	}

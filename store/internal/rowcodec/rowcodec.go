@@ -58,3 +58,23 @@ func Types(s string) []string {
 	}
 	return strings.Split(s, ",")
 }
+
+// Payment encodes an order's payment choice ("" for none).
+func Payment(p *allot.OrderPayment) string {
+	if p == nil {
+		return ""
+	}
+	return mustJSON(p)
+}
+
+// DecodePayment decodes what Payment wrote.
+func DecodePayment(s string) (*allot.OrderPayment, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var p allot.OrderPayment
+	if err := json.Unmarshal([]byte(s), &p); err != nil {
+		return nil, fmt.Errorf("decoding stored payment: %w", err)
+	}
+	return &p, nil
+}
