@@ -193,18 +193,18 @@ type Transition struct {
 
 // Order is a booking (seed 000: reservation; seed 001: purchase).
 type Order struct {
-	ID         string       `json:"id"`
-	Status     OrderStatus  `json:"status"`
-	CustomerID string       `json:"customer_id,omitempty"`
-	HoldID     string       `json:"hold_id,omitempty"`
-	Lines      []OrderLine  `json:"lines"`
-	Total      *Money       `json:"total"`
+	ID         string      `json:"id"`
+	Status     OrderStatus `json:"status"`
+	CustomerID string      `json:"customer_id,omitempty"`
+	HoldID     string      `json:"hold_id,omitempty"`
+	Lines      []OrderLine `json:"lines"`
+	Total      *Money      `json:"total"`
 	// Payment says how the order is paid: which provider, and for the fake
 	// provider how it should behave. Nil for free orders.
-	Payment    *OrderPayment `json:"payment,omitempty"`
-	CreatedAt  time.Time    `json:"created_at"`
-	UpdatedAt  time.Time    `json:"updated_at"`
-	History    []Transition `json:"history"`
+	Payment   *OrderPayment `json:"payment,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
+	History   []Transition  `json:"history"`
 }
 
 // OrderPayment is an order's choice of payment provider.

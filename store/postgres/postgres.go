@@ -615,9 +615,9 @@ func (r *holdRows) statement() (string, []any) {
 
 type orderRows struct {
 	ids, statuses, customers, holdIDs, lines, payments []string
-	minors, scales                           []*int64
-	currencies                               []*string
-	createds, updateds                       []time.Time
+	minors, scales                                     []*int64
+	currencies                                         []*string
+	createds, updateds                                 []time.Time
 }
 
 func (r *orderRows) statement() (string, []any) {
