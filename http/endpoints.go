@@ -115,17 +115,30 @@ func (s *Server) releaseHold(r *nethttp.Request) (any, error) {
 }
 
 type orderJSON struct {
-	HoldID     string       `json:"hold_id"`
-	Lines      []allot.Line `json:"lines"`
-	CustomerID string       `json:"customer_id"`
+	HoldID     string              `json:"hold_id"`
+	Lines      []allot.Line        `json:"lines"`
+	CustomerID string              `json:"customer_id"`
+	Payment    *allot.OrderPayment `json:"payment"`
 }
 
+// createOrder books, and starts the workflow. With Prefer: wait=N it
+// answers with the order once the workflow settles it, or as it stands
+// after N seconds; without, at once. (A replay under an Idempotency-Key
+// answers with the order as it was created.)
 func (s *Server) createOrder(r *nethttp.Request) (any, error) {
+	wait, err := preferWait(r)
+	if err != nil {
+		return nil, err
+	}
 	var in orderJSON
 	if err := decode(r, &in); err != nil {
 		return nil, err
 	}
-	return s.eng.CreateOrder(r.Context(), engine.OrderInput{HoldID: in.HoldID, Lines: in.Lines, CustomerID: in.CustomerID})
+	o, err := s.eng.CreateOrder(r.Context(), engine.OrderInput{HoldID: in.HoldID, Lines: in.Lines, CustomerID: in.CustomerID, Payment: in.Payment})
+	if err != nil || wait == 0 {
+		return o, err
+	}
+	return s.await(r.Context(), o, wait)
 }
 
 func (s *Server) getOrder(r *nethttp.Request) (any, error) {

@@ -43,6 +43,8 @@ var problemStatus = map[allot.Code]struct {
 	allot.CodeIdempotencyMismatch:    {422, "Idempotency-Key reused with another request"},
 	allot.CodeIdempotencyInFlight:    {409, "A request with this Idempotency-Key is in flight"},
 	allot.CodeCurrencyMismatch:       {422, "Lines priced in different currencies"},
+	allot.CodeUnknownCustomer:        {422, "Unknown customer"},
+	allot.CodeUnauthorized:           {401, "Unauthorized"},
 	codeMalformed:                    {400, "Malformed request"},
 	codeTooLarge:                     {413, "Request body too large"},
 	codeMediaType:                    {415, "Unsupported media type"},

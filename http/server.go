@@ -45,6 +45,7 @@ type Server struct {
 	streams   atomic.Int64
 	closing   chan struct{}
 	closeOnce sync.Once
+	wf        WorkflowOptions
 }
 
 // CloseStreams ends the open event streams, so that a graceful shutdown
@@ -88,6 +89,12 @@ func (s *Server) routes() []route {
 		{"GET /v1/orders", s.handle(200, s.listOrders)},
 		{"GET /v1/orders/{id}", s.handle(200, s.getOrder)},
 		{"POST /v1/orders/{id}/cancel", s.handle(200, s.cancelOrder)},
+		{"POST /v1/orders/{id}/seller-decision", s.handle(200, s.sellerDecision)},
+		{"POST /v1/customers", s.handle(201, s.createCustomer)},
+		{"GET /v1/customers/{id}", s.handle(200, s.getCustomer)},
+		{"POST /v1/payments/{provider}/callback", s.handle(200, s.paymentCallback)},
+		{"GET /v1/dead-letters", s.handle(200, s.listDeadLetters)},
+		{"POST /v1/dead-letters/{id}/retry", s.handle(200, s.retryDeadLetter)},
 		{"GET /v1/feeds/orders", s.handle(200, s.ordersFeed)},
 		{"GET /v1/events/stream", nethttp.HandlerFunc(s.eventStream)},
 		{"POST /v1/webhooks", s.handle(201, s.createWebhook)},

@@ -31,6 +31,7 @@ import (
 	"github.com/allot/allot/store/postgres"
 	"github.com/allot/allot/store/sqlite"
 	"github.com/allot/allot/webhook"
+	"github.com/allot/allot/workflow"
 )
 
 const defaultDB = "sqlite:allot-data/allot.db"
@@ -53,6 +54,10 @@ serve also takes --engine batch|naive, --batch-workers, --batch-max,
 (--nats-stream, --nats-subject) and --kafka-brokers HOST:PORT,...; with
 --kafka-consume-create-booking GROUP it also confirms the bookings it reads
 from create_booking (seed 000's seller proxy).
+The booking workflow (payment, seller, notification) is on by default with
+the built-in fake payment provider, auto-confirming sellers and notifications
+in the log; see allot serve -h for --payment-*, --seller-*, --smtp-* and
+--notify-file, or --workflow=false to reserve orders at once.
 Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error),
 ALLOT_NATS_URL, ALLOT_NATS_STREAM, ALLOT_NATS_SUBJECT, ALLOT_KAFKA_BROKERS,
 ALLOT_KAFKA_CONSUME_CREATE_BOOKING.
@@ -81,6 +86,7 @@ func run(args []string, stderr io.Writer) int {
 	natsStream := fs.String("nats-stream", env("ALLOT_NATS_STREAM", "ALLOT"), "JetStream stream for the events (ALLOT_NATS_STREAM)")
 	natsSubject := fs.String("nats-subject", env("ALLOT_NATS_SUBJECT", "allot.events"), "subject prefix: <prefix>.<event type> (ALLOT_NATS_SUBJECT)")
 	kafkaBrokers := fs.String("kafka-brokers", env("ALLOT_KAFKA_BROKERS", ""), "publish events to Kafka at these comma-separated brokers (ALLOT_KAFKA_BROKERS)")
+	wf := workflowFlags(fs)
 	consumeGroup := fs.String("kafka-consume-create-booking", env("ALLOT_KAFKA_CONSUME_CREATE_BOOKING", ""), "act as seed 000's seller proxy: consume create_booking from --kafka-brokers in this consumer group and confirm the bookings (ALLOT_KAFKA_CONSUME_CREATE_BOOKING)")
 	if cmd == "bench" {
 		return runBench(args, stderr)
@@ -148,7 +154,12 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
-	if err := serve(ctx, log, store, *addr, batching, sinks, consume); err != nil {
+	flow, err := wf.build(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "allot: %v\n", err)
+		return 2
+	}
+	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -239,10 +250,45 @@ func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers strin
 // consumer configures the create_booking consumer; no group, no consumer.
 type consumer struct{ brokers, group string }
 
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer) error {
-	eng := engine.New(store, engine.Options{Logger: log, Batching: b})
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer, flow *flowConfig) error {
+	opts := engine.Options{Logger: log, Batching: b}
+	var runner *workflow.Runner
+	if flow != nil {
+		var err error
+		if runner, err = workflow.New(ctx, store, flow.runner); err != nil {
+			return err
+		}
+		opts.Workflow = flow.engine
+		opts.Workflow.Scheduler = runner
+	}
+	eng := engine.New(store, opts)
 	defer eng.Close()
 	api := allothttp.New(eng, log)
+	if runner != nil {
+		flow.api.Runner = runner
+		api.SetWorkflow(flow.api)
+		if flow.fake != nil {
+			// The built-in fake settles "pending" charges by calling back
+			// in-process, as a webhook-style provider would over HTTP.
+			flow.fake.OnPending = func(r allot.PaymentRequest, res allot.PaymentResult) {
+				if _, err := runner.ChargeResult(context.Background(), r.OrderID, "fake", res); err != nil {
+					log.Warn("fake provider callback", "order_id", r.OrderID, "err", err)
+				}
+			}
+		}
+		if err := runner.Start(context.WithoutCancel(ctx), eng); err != nil {
+			return err
+		}
+		// After the HTTP drain (deferred later, so run earlier): let running
+		// steps finish; River re-runs any cut short after RescueAfter.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := runner.Stop(sctx); err != nil {
+				log.Warn("stopping the workflow", "err", err)
+			}
+		}()
+	}
 	srv := &nethttp.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -261,7 +307,11 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	// Stop the background loops, and wait for them, before the engine and
 	// the store close under them.
 	defer func() { stopSweep(); background.Wait() }()
-	background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
+	if runner == nil {
+		// With the workflow, the sweep is River's periodic job (on the
+		// leader only).
+		background.Go(func() { eng.RunSweeper(sweepCtx, time.Second) })
+	}
 	background.Go(func() { eng.RunSequencer(sweepCtx, 200*time.Millisecond) })
 	background.Go(func() { webhook.New(store, webhook.Config{}, log).Run(sweepCtx, 500*time.Millisecond) })
 	if consume.group != "" {
