@@ -26,6 +26,18 @@ func (Auto) Confirm(context.Context, allot.SellerRequest) (allot.SellerAnswer, e
 	return allot.SellerAnswer{Decision: allot.SellerAccepted, Reason: "auto-confirmed"}, nil
 }
 
+// Manual leaves every booking to the seller's later answer at
+// POST /v1/orders/{id}/seller-decision (a seller who confirms by hand, in an
+// extranet); an order nobody answers is rejected after the seller timeout.
+type Manual struct{}
+
+var _ allot.Sellers = Manual{}
+
+// Confirm answers pending.
+func (Manual) Confirm(context.Context, allot.SellerRequest) (allot.SellerAnswer, error) {
+	return allot.SellerAnswer{Decision: allot.SellerPending}, nil
+}
+
 // DefaultTimeout bounds a request of an HTTP seller whose Client is nil.
 const DefaultTimeout = 10 * time.Second
 

@@ -246,7 +246,8 @@ func benchServer(ctx context.Context, stderr io.Writer, cfg bench.Config, db, mo
 		return run, nil, err
 	}
 	run.Profile = filepath.Join(out, fmt.Sprintf("cpu-%s-%s-%s.prof", cfg.Workload, mode, stamp))
-	srv := exec.Command(exe, "serve", "--addr", ln, "--db", dbURL, "--engine", mode, "--cpuprofile", run.Profile, "--log-level", "warn")
+	// The workflow is off: the bench measures the write path alone.
+	srv := exec.Command(exe, "serve", "--addr", ln, "--db", dbURL, "--engine", mode, "--cpuprofile", run.Profile, "--log-level", "warn", "--workflow=false")
 	srv.Env = append(os.Environ(), "ALLOT_RUN_MAIN=1")
 	srv.Stderr = stderr
 	if err := srv.Start(); err != nil {

@@ -120,7 +120,7 @@ func crashTest(t *testing.T, db string) {
 
 	args := []string{"serve", "--addr", addr, "--db", dbURL, "--log-level", "warn",
 		"--payment-default", "prov", "--payment-webhook", "prov=" + provSrv.URL, "--payment-secret", "prov=whsec",
-		"--seller-url", seller.URL, "--seller-token", "sellertok",
+		"--seller", seller.URL, "--seller-token", "sellertok",
 		"--smtp-addr", smtp.Addr(), "--smtp-user", "allot", "--smtp-password", "mailpw", "--smtp-from", "bookings@example.com",
 		"--step-timeout", "2s", "--step-rescue-after", "3s", "--step-attempts", "100"}
 	var all []*child

@@ -46,6 +46,8 @@ Usage:
   allot serve   [--addr HOST:PORT] [--db URL]   serve the API (migrates first)
   allot migrate [--db URL]                      migrate the database and exit
   allot bench   [flags]                         load-test a server; allot bench -h
+  allot fake-provider [--addr] [--callback URL --secret S]
+                                                a stand-in webhook-style payment provider
 
 --db is sqlite:PATH (default sqlite:allot-data/allot.db, nothing to install)
 or postgres://user@host:port/db (several allot processes may share it).
@@ -91,6 +93,9 @@ func run(args []string, stderr io.Writer) int {
 	if cmd == "bench" {
 		return runBench(args, stderr)
 	}
+	if cmd == "fake-provider" {
+		return runFakeProvider(args, stderr)
+	}
 	if cmd != "serve" && cmd != "migrate" {
 		fmt.Fprintf(stderr, "allot: unknown command %q\n\n%s", cmd, usage)
 		return 2
@@ -114,6 +119,15 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	slog.SetDefault(log)
+	if *consumeGroup != "" && *kafkaBrokers == "" {
+		fmt.Fprintln(stderr, "allot: --kafka-consume-create-booking needs --kafka-brokers")
+		return 2
+	}
+	flow, err := wf.build(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "allot: %v\n", err)
+		return 2
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -149,16 +163,7 @@ func run(args []string, stderr io.Writer) int {
 			s.Close()
 		}
 	}()
-	if *consumeGroup != "" && *kafkaBrokers == "" {
-		fmt.Fprintln(stderr, "allot: --kafka-consume-create-booking needs --kafka-brokers")
-		return 2
-	}
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
-	flow, err := wf.build(log)
-	if err != nil {
-		fmt.Fprintf(stderr, "allot: %v\n", err)
-		return 2
-	}
 	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow); err != nil {
 		log.Error("serving", "err", err)
 		return 1

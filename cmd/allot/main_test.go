@@ -170,7 +170,13 @@ func TestCommands(t *testing.T) {
 		{[]string{"migrate", "--log-level", "loud"}, 2, "--log-level"},
 		{[]string{"serve", "--kafka-consume-create-booking", "g"}, 2, "needs --kafka-brokers"},
 		{[]string{"migrate", "--db", "sqlite:" + filepath.Join(dir, "m.db")}, 0, "schema migrated"},
-		{[]string{"migrate", "--db", "postgres://u:secret@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
+		{[]string{"migrate", "--db", "postgres://u:pw-4711@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
+		{[]string{"serve", "--seller", "bogus"}, 2, "--seller must be auto, manual or an http(s) URL"},
+		{[]string{"serve", "--payment-webhook", "acme=http://127.0.0.1:1"}, 2, "needs --payment-secret acme=SECRET"},
+		{[]string{"serve", "--payment-webhook", "acme"}, 2, "want NAME=VALUE"},
+		{[]string{"serve", "--payment-default", "paypal"}, 2, "not a configured provider"},
+		{[]string{"serve", "--step-timeout", "2m"}, 2, "--step-rescue-after must exceed --step-timeout"},
+		{[]string{"fake-provider", "--callback", "http://127.0.0.1:1/cb"}, 2, "--callback needs --secret"},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprint(c.args), func(t *testing.T) {
@@ -178,7 +184,7 @@ func TestCommands(t *testing.T) {
 			if code := run(c.args, &out); code != c.code || !strings.Contains(out.String(), c.out) {
 				t.Fatalf("exit %d, want %d; output lacks %q:\n%s", code, c.code, c.out, out.String())
 			}
-			if strings.Contains(out.String(), "secret") {
+			if strings.Contains(out.String(), "pw-4711") {
 				t.Fatalf("a password reached the logs:\n%s", out.String())
 			}
 		})

@@ -60,8 +60,8 @@ func workflowFlags(fs *flag.FlagSet) *flowFlags {
 	f.defaultProvider = fs.String("payment-default", env("ALLOT_PAYMENT_DEFAULT", "fake"), "payment provider for orders that name none: fake, or a --payment-webhook name")
 	fs.Var(f.webhooks, "payment-webhook", "NAME=BASE_URL: a webhook-style payment provider (POST BASE_URL/charges and /refunds); repeatable")
 	fs.Var(f.secrets, "payment-secret", "NAME=SECRET: the provider's callback signing secret (or ALLOT_PAYMENT_SECRET_<NAME>); repeatable")
-	f.sellerURL = fs.String("seller-url", env("ALLOT_SELLER_URL", ""), "ask sellers at this URL (POST; 200 decides, 202 answers later at /v1/orders/{id}/seller-decision); empty: auto-confirm")
-	f.sellerToken = fs.String("seller-token", env("ALLOT_SELLER_TOKEN", ""), "Bearer token sent to --seller-url and required on seller decisions (ALLOT_SELLER_TOKEN)")
+	f.sellerURL = fs.String("seller", env("ALLOT_SELLER", "auto"), "how sellers confirm: auto (at once), manual (each answers at POST /v1/orders/{id}/seller-decision), or an http(s) URL to POST each booking to (200 decides, 202 answers later) (ALLOT_SELLER)")
+	f.sellerToken = fs.String("seller-token", env("ALLOT_SELLER_TOKEN", ""), "Bearer token sent to an http --seller and required on seller decisions (ALLOT_SELLER_TOKEN)")
 	f.smtpAddr = fs.String("smtp-addr", env("ALLOT_SMTP_ADDR", ""), "send notifications by SMTP through HOST:PORT (ALLOT_SMTP_ADDR)")
 	f.smtpUser = fs.String("smtp-user", env("ALLOT_SMTP_USER", ""), "SMTP user (ALLOT_SMTP_USER)")
 	f.smtpPass = fs.String("smtp-password", "", "SMTP password (prefer ALLOT_SMTP_PASSWORD)")
@@ -116,8 +116,16 @@ func (f *flowFlags) build(log *slog.Logger) (*flowConfig, error) {
 	if _, ok := pays[*f.defaultProvider]; !ok {
 		return nil, fmt.Errorf("--payment-default %q is not a configured provider", *f.defaultProvider)
 	}
-	var seller allot.Sellers = sellers.Auto{}
-	if *f.sellerURL != "" {
+	var seller allot.Sellers
+	switch *f.sellerURL {
+	case "auto":
+		seller = sellers.Auto{}
+	case "manual":
+		seller = sellers.Manual{}
+	default:
+		if u, err := url.Parse(*f.sellerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("--seller must be auto, manual or an http(s) URL, not %q", *f.sellerURL)
+		}
 		seller = sellers.HTTP{URL: *f.sellerURL, Token: *f.sellerToken}
 	}
 	var notifier allot.Notifier = notify.Log{Logger: log}
