@@ -239,4 +239,6 @@ const (
 	EventOrderStatus     = "order.status_changed"
 	EventAvailabilityLow = "availability.low"
 	EventAvailabilityUp  = "availability.restored"
+	// EventPaymentRefunded: the workflow gave an order's payment back.
+	EventPaymentRefunded = "payment.refunded"
 )

@@ -210,3 +210,14 @@ func (e *Engine) ExpireStale(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// RecordPayment appends a payment event (allot.EventPaymentRefunded) for an
+// order to the outbox: a refund changes no status, but subscribers and
+// auditors need to see it.
+func (e *Engine) RecordPayment(ctx context.Context, o allot.Order, typ string, payload any) error {
+	_, err := e.do(ctx, &op{shard: o.ID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		w.emit(e.event(typ, firstResource(lineList(o.Lines)), o.ID, o.HoldID, payload))
+		return nil, nil
+	}})
+	return err
+}

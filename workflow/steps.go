@@ -153,7 +153,14 @@ func (w *refundWorker) Work(ctx context.Context, job *river.Job[refundArgs]) err
 		return effectErr("refunding at "+o.Payment.Provider, err)
 	}
 	switch res.Status {
-	case allot.PaymentSucceeded, allot.PaymentNothingToRefund, allot.PaymentPending:
+	case allot.PaymentSucceeded:
+		r.log.Info("refund", "order_id", o.ID, "provider", o.Payment.Provider, "status", res.Status, "cause", job.Args.Cause)
+		// A crash before this records it again on the retry: subscribers
+		// de-duplicate by the refund's id.
+		return r.eng.RecordPayment(ctx, o, allot.EventPaymentRefunded, map[string]any{
+			"order_id": o.ID, "provider": o.Payment.Provider, "refund_id": res.PaymentID, "key": refundKey(o.ID),
+			"amount": o.Total, "cause": job.Args.Cause})
+	case allot.PaymentNothingToRefund, allot.PaymentPending:
 		r.log.Info("refund", "order_id", o.ID, "provider", o.Payment.Provider, "status", res.Status, "cause", job.Args.Cause)
 		return nil
 	}
