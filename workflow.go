@@ -21,6 +21,10 @@ const (
 	StepRefund StepKind = "payment_refund"
 	StepSeller StepKind = "seller_confirm"
 	StepNotify StepKind = "notify"
+	// The timeouts: steps scheduled for later that end the order if it is
+	// still waiting then (payment: expired; seller: rejected and refunded).
+	StepPaymentTimeout StepKind = "payment_timeout"
+	StepSellerTimeout  StepKind = "seller_timeout"
 )
 
 // Step is one unit of workflow work on an order.
@@ -29,6 +33,8 @@ type Step struct {
 	OrderID string   `json:"order_id"`
 	// Cause is why the step was scheduled (the transition that called for it).
 	Cause string `json:"cause,omitempty"`
+	// After delays the step (the timeouts).
+	After time.Duration `json:"-"`
 }
 
 // Customer is someone who books; the notifier writes to Email.

@@ -28,7 +28,8 @@ type Workflow struct {
 	Providers func(name string) bool
 	// PaymentTimeout expires an order still awaiting payment after it;
 	// SellerTimeout rejects (and refunds) a paid order the seller has not
-	// answered after it.
+	// answered after it. Each is a step scheduled with the change that
+	// starts the wait, so only orders the workflow started wait.
 	PaymentTimeout, SellerTimeout time.Duration
 }
 
@@ -51,18 +52,21 @@ func (e *Engine) followUps(o allot.Order, from, to allot.OrderStatus, cause stri
 	if !e.WorkflowOn() {
 		return nil
 	}
-	step := func(k allot.StepKind) []allot.Step {
-		return []allot.Step{{Kind: k, OrderID: o.ID, Cause: cause}}
+	step := func(k allot.StepKind) allot.Step { return allot.Step{Kind: k, OrderID: o.ID, Cause: cause} }
+	later := func(k allot.StepKind, d time.Duration, why string) allot.Step {
+		return allot.Step{Kind: k, OrderID: o.ID, Cause: fmt.Sprintf(why, d), After: d}
 	}
 	switch {
 	case from == "" && to == allot.OrderAwaitingPayment:
-		return step(allot.StepCharge)
+		return []allot.Step{step(allot.StepCharge),
+			later(allot.StepPaymentTimeout, e.wf.PaymentTimeout, "no payment within %s")}
 	case (from == "" || from == allot.OrderAwaitingPayment) && to == allot.OrderReserved:
-		return step(allot.StepSeller)
+		return []allot.Step{step(allot.StepSeller),
+			later(allot.StepSellerTimeout, e.wf.SellerTimeout, "the seller did not answer within %s")}
 	case to == allot.OrderConfirmed && o.CustomerID != "":
-		return step(allot.StepNotify)
+		return []allot.Step{step(allot.StepNotify)}
 	case from.Live() && (to == allot.OrderCancelled || to == allot.OrderExpired || to == allot.OrderRejected) && o.Payment != nil:
-		return step(allot.StepRefund)
+		return []allot.Step{step(allot.StepRefund)}
 	}
 	return nil
 }
@@ -117,13 +121,17 @@ func (e *Engine) payment(o *allot.Order, p *allot.OrderPayment) error {
 	if e.wf.Providers != nil && !e.wf.Providers(p.Provider) {
 		return allot.Invalid("payment.provider", "payment provider %q is not configured", p.Provider)
 	}
-	if len(p.Simulate) > 50 {
-		return allot.Invalid("payment.simulate", "simulate may be at most 50 characters")
+	if p.Simulate != "" && !fakeModes[p.Simulate] {
+		return allot.Invalid("payment.simulate", "simulate must be one of succeed, decline, fail_once, timeout, pending")
 	}
 	o.Payment = p
 	o.Status, o.History[0].To = allot.OrderAwaitingPayment, allot.OrderAwaitingPayment
 	return nil
 }
+
+// fakeModes are what the fake provider can simulate; other providers
+// ignore the field.
+var fakeModes = map[string]bool{"succeed": true, "decline": true, "fail_once": true, "timeout": true, "pending": true}
 
 var customerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$`)
 
@@ -163,52 +171,6 @@ func (e *Engine) GetCustomer(ctx context.Context, id string) (allot.Customer, er
 		return c, allot.Errorf(allot.CodeNotFound, "customer %q does not exist", id)
 	}
 	return c, err
-}
-
-// ExpireStale ends orders the workflow waits on for too long: awaiting
-// payment past PaymentTimeout (expired, capacity released) and paid but
-// unanswered by the seller past SellerTimeout (rejected, refunded,
-// released). It returns how many it ended.
-func (e *Engine) ExpireStale(ctx context.Context) (int, error) {
-	if !e.WorkflowOn() {
-		return 0, nil
-	}
-	n := 0
-	for _, r := range []struct {
-		from  allot.OrderStatus
-		to    allot.OrderStatus
-		after time.Duration
-		cause string
-	}{
-		{allot.OrderAwaitingPayment, allot.OrderExpired, e.wf.PaymentTimeout, "no payment within %s"},
-		{allot.OrderReserved, allot.OrderRejected, e.wf.SellerTimeout, "the seller did not answer within %s"},
-	} {
-		cutoff := e.now().Add(-r.after)
-		after := ""
-		for {
-			os, err := e.store.ListOrders(ctx, allot.OrderFilter{Status: r.from, AfterID: after, Limit: MaxPage})
-			if err != nil {
-				return n, err
-			}
-			for _, o := range os {
-				if o.UpdatedAt.After(cutoff) {
-					continue
-				}
-				_, err := e.TransitionFrom(ctx, o.ID, r.from, r.to, fmt.Sprintf(r.cause, r.after))
-				if err != nil && allot.CodeOf(err) == "" {
-					return n, err
-				}
-				if err == nil {
-					n++
-				}
-			}
-			if len(os) < MaxPage {
-				break
-			}
-			after = os[len(os)-1].ID
-		}
-	}
-	return n, nil
 }
 
 // RecordPayment appends a payment event (allot.EventPaymentRefunded) for an

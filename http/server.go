@@ -92,7 +92,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/orders/{id}/seller-decision", s.handle(200, s.sellerDecision)},
 		{"POST /v1/customers", s.handle(201, s.createCustomer)},
 		{"GET /v1/customers/{id}", s.handle(200, s.getCustomer)},
-		{"POST /v1/payments/{provider}/callback", s.handle(200, s.paymentCallback)},
+		{"POST /v1/payments/{provider}/callback", s.callbackOnce(s.handle(200, s.paymentCallback))},
 		{"GET /v1/dead-letters", s.handle(200, s.listDeadLetters)},
 		{"POST /v1/dead-letters/{id}/retry", s.handle(200, s.retryDeadLetter)},
 		{"GET /v1/feeds/orders", s.handle(200, s.ordersFeed)},
@@ -206,7 +206,14 @@ func render(status int, instance string) func(any, error) (int, []byte) {
 // executed once, and answered from the stored response when repeated.
 func (s *Server) handle(status int, h handler) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
-		rend := render(status, r.URL.Path)
+		base := render(status, r.URL.Path)
+		rend := func(v any, err error) (int, []byte) {
+			st, body := base(v, err)
+			if st == 401 { // RFC 9110: a 401 names the scheme to use
+				w.Header().Set("WWW-Authenticate", `Bearer realm="allot"`)
+			}
+			return st, body
+		}
 		if err := checkURL(r); err != nil {
 			st, body := rend(nil, err)
 			writeBody(w, st, body)

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -39,8 +40,8 @@ type WorkflowOptions struct {
 // SetWorkflow turns on the workflow's endpoints.
 func (s *Server) SetWorkflow(o WorkflowOptions) { s.wf = o }
 
-// MaxWait bounds Prefer: wait.
-const MaxWait = 60
+// MaxWait bounds Prefer: wait, well inside the server's write timeout.
+const MaxWait = 30
 
 func (s *Server) runner() (Workflow, error) {
 	if s.wf.Runner == nil {
@@ -92,6 +93,8 @@ func (s *Server) await(ctx context.Context, o allot.Order, d time.Duration) (all
 		select {
 		case <-ctx.Done():
 			return o, nil
+		case <-s.closing: // shutting down: answer with what there is
+			return o, nil
 		case <-time.After(min(tick, time.Until(deadline))):
 		}
 		tick = min(tick*2, 200*time.Millisecond)
@@ -120,6 +123,25 @@ func (s *Server) createCustomer(r *nethttp.Request) (any, error) {
 
 func (s *Server) getCustomer(r *nethttp.Request) (any, error) {
 	return s.eng.GetCustomer(r.Context(), r.PathValue("id"))
+}
+
+// callbackOnce runs a verified callback under an Idempotency-Key made of
+// its event id, so that a replayed delivery (seed 002: "ignored by its
+// UUID") gets the first answer and does nothing again. The signature is
+// checked first: an unverified request must not claim the key.
+func (s *Server) callbackOnce(next nethttp.Handler) nethttp.Handler {
+	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		provider := r.PathValue("provider")
+		secret, ok := s.wf.CallbackSecrets[provider]
+		body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
+		if err == nil && ok && s.wf.Runner != nil {
+			if cb, perr := payments.ParseCallback(secret, r.Header.Get(payments.SignatureHeader), body, time.Now()); perr == nil {
+				r.Header.Set("Idempotency-Key", "payment-callback:"+provider+":"+cb.ID)
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // paymentCallback applies a payment provider's signed answer. Repeated and
@@ -159,7 +181,11 @@ func (s *Server) paymentCallback(r *nethttp.Request) (any, error) {
 		s.log.InfoContext(r.Context(), "payment callback", "provider", provider, "kind", cb.Kind, "order_id", o.ID, "status", cb.Status)
 		return o, nil
 	}
-	return run.ChargeResult(r.Context(), o.ID, provider, allot.PaymentResult{Status: cb.Status, PaymentID: cb.PaymentID, Reason: cb.Reason})
+	// The answer is not the engine's write's own (a stale callback is a 200
+	// with the order, not the write's refusal), so the response is stored
+	// after it, not inside it: applying a callback twice changes nothing.
+	ctx := engine.WithIdem(r.Context(), nil)
+	return run.ChargeResult(ctx, o.ID, provider, allot.PaymentResult{Status: cb.Status, PaymentID: cb.PaymentID, Reason: cb.Reason})
 }
 
 // sellerDecision applies a seller's later answer on a paid order.

@@ -121,8 +121,9 @@ func TestWorkflowErrors(t *testing.T) {
 		{"missing email", "POST", "/v1/customers", `{"id":"bob"}`, nil, 422, "validation-failed", "email"},
 		{"unknown customer", "POST", "/v1/orders", `{"customer_id":"nobody","lines":[{"resource_id":"room","quantity":1}]}`, nil, 422, "unknown-customer", "customer_id"},
 		{"unknown provider", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"paypal"}}`, nil, 422, "validation-failed", "payment.provider"},
+		{"unknown simulation", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"fake","simulate":"explode"}}`, nil, 422, "validation-failed", "payment.simulate"},
 		{"bad wait", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=soon"}, 422, "validation-failed", "Prefer"},
-		{"wait too long", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=61"}, 422, "validation-failed", "Prefer"},
+		{"wait too long", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=31"}, 422, "validation-failed", "Prefer"},
 		{"unknown customer read", "GET", "/v1/customers/nobody", "", nil, 404, "not-found", ""},
 		{"callback of an unknown provider", "POST", "/v1/payments/paypal/callback", `{}`, nil, 404, "not-found", ""},
 		{"unsigned callback", "POST", "/v1/payments/prov/callback", `{"id":"e","kind":"charge","key":"k","order_id":"o","status":"succeeded"}`, nil, 401, "unauthorized", ""},
@@ -207,7 +208,8 @@ func TestPaymentCallbacks(t *testing.T) {
 		code   string
 	}{
 		{"wrong secret", func() resp {
-			return cb("succeeded", now, payments.SignCallback("other", now, []byte("x")))
+			body := fmt.Sprintf(`{"id":"evt_x","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, id, id)
+			return a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback("other", now, []byte(body)))
 		}, 401, "unauthorized"},
 		{"stale signature", func() resp { return cb("succeeded", now.Add(-10*time.Minute), "") }, 401, "unauthorized"},
 		{"bad content", func() resp {
@@ -220,6 +222,9 @@ func TestPaymentCallbacks(t *testing.T) {
 		if r.status != c.status || problemCode(t, r) != c.code {
 			t.Fatalf("%s: %d %s", c.name, r.status, r.body)
 		}
+		if r.status == 401 && r.header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("%s: a 401 without WWW-Authenticate", c.name)
+		}
 	}
 	a.awaitStatus(id, allot.OrderAwaitingPayment)
 	// The success, delivered three times, then a stale decline.
@@ -227,6 +232,14 @@ func TestPaymentCallbacks(t *testing.T) {
 		if r := cb("succeeded", time.Now(), ""); r.status != 200 {
 			t.Fatalf("callback: %d %s", r.status, r.body)
 		}
+	}
+	// A replay of one delivery (same event id, signed again) is answered
+	// from the first time, not applied again.
+	body := fmt.Sprintf(`{"id":"evt_replayed","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, id, id)
+	first := a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback(secret, time.Now(), []byte(body)))
+	again := a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback(secret, time.Now().Add(time.Second), []byte(body)))
+	if first.status != 200 || again.status != 200 || again.header.Get("Idempotent-Replayed") != "true" || string(first.body) != string(again.body) {
+		t.Fatalf("replayed callback: %d %s / %d %v %s", first.status, first.body, again.status, again.header, again.body)
 	}
 	if r := cb("declined", time.Now(), ""); r.status != 200 {
 		t.Fatalf("late decline: %d %s", r.status, r.body)
@@ -244,7 +257,7 @@ func TestPaymentCallbacks(t *testing.T) {
 	// A callback about an order paid elsewhere is refused.
 	other := a.mustDo(201, "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"fake","simulate":"pending"}}`)
 	oid := other["id"].(string)
-	body := fmt.Sprintf(`{"id":"e2","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, oid, oid)
+	body = fmt.Sprintf(`{"id":"e2","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, oid, oid)
 	r := a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback(secret, time.Now(), []byte(body)))
 	if r.status != 409 || problemCode(t, r) != "invalid-status-transition" {
 		t.Fatalf("cross-provider callback: %d %s", r.status, r.body)

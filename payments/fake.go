@@ -126,6 +126,21 @@ func (f *Fake) Charge(ctx context.Context, r allot.PaymentRequest) (allot.Paymen
 	return res, nil
 }
 
+// Settle settles the pending charge under key now, as the provider would
+// later: a test's way to have a capture land at a chosen moment. It reports
+// whether there was a pending charge.
+func (f *Fake) Settle(key string) bool {
+	f.mu.Lock()
+	f.init()
+	c, ok := f.charges[key]
+	pending := ok && c.res.Status == allot.PaymentPending
+	f.mu.Unlock()
+	if pending {
+		f.settle(c.req, c)
+	}
+	return pending
+}
+
 // settle turns a pending charge into a capture; later Charges with its key
 // answer succeeded.
 func (f *Fake) settle(r allot.PaymentRequest, c *charge) {

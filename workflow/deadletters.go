@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -25,6 +26,11 @@ type DeadLetter struct {
 	Errors   []string  `json:"errors"`
 	FailedAt time.Time `json:"failed_at"`
 }
+
+// stepKinds are the jobs that are workflow steps (the sweep, which the next
+// run replaces, is not one).
+var stepKinds = []string{string(allot.StepCharge), string(allot.StepRefund), string(allot.StepSeller), string(allot.StepNotify),
+	string(allot.StepPaymentTimeout), string(allot.StepSellerTimeout)}
 
 var deadStates = []rivertype.JobState{rivertype.JobStateDiscarded, rivertype.JobStateCancelled}
 
@@ -50,7 +56,7 @@ func deadLetter(j *rivertype.JobRow) DeadLetter {
 // DeadLetters lists dead steps, newest first, after the one with id
 // before (0: from the newest), at most limit.
 func (r *Runner) DeadLetters(ctx context.Context, before int64, limit int) ([]DeadLetter, error) {
-	p := river.NewJobListParams().States(deadStates...).OrderBy(river.JobListOrderByID, river.SortOrderDesc).First(limit)
+	p := river.NewJobListParams().States(deadStates...).Kinds(stepKinds...).OrderBy(river.JobListOrderByID, river.SortOrderDesc).First(limit)
 	if before > 0 {
 		p = p.Where("id < @before", river.NamedArgs{"before": before})
 	}
@@ -60,9 +66,6 @@ func (r *Runner) DeadLetters(ctx context.Context, before int64, limit int) ([]De
 	}
 	out := make([]DeadLetter, 0, len(res.Jobs))
 	for _, j := range res.Jobs {
-		if j.Kind == (sweepArgs{}).Kind() {
-			continue
-		}
 		out = append(out, deadLetter(j))
 	}
 	return out, nil
@@ -78,6 +81,9 @@ func (r *Runner) Retry(ctx context.Context, id int64) (DeadLetter, error) {
 	}
 	if err != nil {
 		return DeadLetter{}, err
+	}
+	if !slices.Contains(stepKinds, j.Kind) {
+		return DeadLetter{}, allot.Errorf(allot.CodeNotFound, "dead letter %d does not exist", id)
 	}
 	if j.State != rivertype.JobStateDiscarded && j.State != rivertype.JobStateCancelled {
 		return DeadLetter{}, allot.Errorf(allot.CodeInvalidTransition, "step %d is %s, not dead; only dead steps are retried", id, j.State)

@@ -23,7 +23,13 @@ type (
 	sellerArgs stepArgs
 	notifyArgs stepArgs
 	sweepArgs  struct{}
+
+	paymentTimeoutArgs stepArgs
+	sellerTimeoutArgs  stepArgs
 )
+
+func (paymentTimeoutArgs) Kind() string { return string(allot.StepPaymentTimeout) }
+func (sellerTimeoutArgs) Kind() string  { return string(allot.StepSellerTimeout) }
 
 func (chargeArgs) Kind() string { return string(allot.StepCharge) }
 func (refundArgs) Kind() string { return string(allot.StepRefund) }
@@ -73,9 +79,16 @@ func (w *chargeWorker) Work(ctx context.Context, job *river.Job[chargeArgs]) err
 	if err != nil {
 		return err
 	}
-	// Only an order still awaiting payment is charged: one cancelled or
-	// expired meanwhile has had its refund (a void) scheduled.
+	// Only an order still awaiting payment is charged. One that ended
+	// meanwhile had a refund scheduled when it ended; but if an earlier try
+	// of this step may have captured (its answer lost to a timeout or a
+	// crash) after that refund found nothing, only this step knows: it asks
+	// for the refund again (keyed, so at most one refund happens).
 	if o.Status != allot.OrderAwaitingPayment {
+		if job.Attempt > 1 && !o.Status.Live() && o.Payment != nil {
+			return r.eng.ScheduleSteps(ctx, allot.Step{Kind: allot.StepRefund, OrderID: o.ID,
+				Cause: fmt.Sprintf("an earlier charge attempt may have captured after the order was %s", o.Status)})
+		}
 		return nil
 	}
 	if o.Payment == nil || o.Total == nil {
@@ -87,8 +100,17 @@ func (w *chargeWorker) Work(ctx context.Context, job *river.Job[chargeArgs]) err
 	}
 	res, err := p.Charge(ctx, allot.PaymentRequest{Key: chargeKey(o.ID), OrderID: o.ID, Amount: *o.Total,
 		Customer: o.CustomerID, Simulate: o.Payment.Simulate})
+	if isPermanent(err) {
+		// The provider refuses the request itself: no retry can pay it.
+		_, terr := r.eng.TransitionFrom(ctx, o.ID, allot.OrderAwaitingPayment, allot.OrderPaymentFailed,
+			fmt.Sprintf("the payment provider %s refused the charge: %s", o.Payment.Provider, trim(err.Error(), 200)))
+		if allot.CodeOf(terr) == allot.CodeInvalidTransition {
+			return nil
+		}
+		return terr
+	}
 	if err != nil {
-		return effectErr("charging "+o.Payment.Provider, err)
+		return fmt.Errorf("charging at %s: %w", o.Payment.Provider, err)
 	}
 	_, err = r.ChargeResult(ctx, o.ID, o.Payment.Provider, res)
 	return err
@@ -184,10 +206,17 @@ func (w *sellerWorker) Work(ctx context.Context, job *river.Job[sellerArgs]) err
 	// No lock is held here: the seller is called between two transactions,
 	// and its answer applies only if the order is still reserved.
 	ans, err := r.cfg.Sellers.Confirm(ctx, allot.SellerRequest{Key: sellerKey(o.ID), Order: o})
+	if isPermanent(err) {
+		// The seller's endpoint refuses the request itself: a refusal.
+		ans, err = allot.SellerAnswer{Decision: allot.SellerRejected, Reason: "the seller's endpoint refused the request: " + trim(err.Error(), 200)}, nil
+	}
 	if err != nil {
-		return effectErr("asking the seller", err)
+		return fmt.Errorf("asking the seller: %w", err)
 	}
 	_, err = r.SellerAnswer(ctx, o.ID, ans)
+	if allot.CodeOf(err) == allot.CodeInvalidTransition {
+		return nil // the order moved on (cancelled, timed out) meanwhile
+	}
 	return err
 }
 
@@ -278,8 +307,8 @@ type sweepWorker struct {
 	r *Runner
 }
 
-// Work expires holds past their time and ends orders the workflow waited on
-// too long. It runs on the leader only (River's periodic jobs).
+// Work expires holds past their time. It runs on the leader only (River's
+// periodic jobs).
 func (w *sweepWorker) Work(ctx context.Context, job *river.Job[sweepArgs]) error {
 	var errs []error
 	for {
@@ -291,8 +320,35 @@ func (w *sweepWorker) Work(ctx context.Context, job *river.Job[sweepArgs]) error
 			break
 		}
 	}
-	if _, err := w.r.eng.ExpireStale(ctx); err != nil {
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
+}
+
+type paymentTimeoutWorker struct {
+	river.WorkerDefaults[paymentTimeoutArgs]
+	r *Runner
+}
+
+// Work expires the order if it is still awaiting payment (its capacity is
+// released, and a refund asked in case a charge is still landing).
+func (w *paymentTimeoutWorker) Work(ctx context.Context, job *river.Job[paymentTimeoutArgs]) error {
+	_, err := w.r.eng.TransitionFrom(ctx, job.Args.OrderID, allot.OrderAwaitingPayment, allot.OrderExpired, job.Args.Cause)
+	if c := allot.CodeOf(err); c == allot.CodeInvalidTransition || c == allot.CodeNotFound {
+		return nil
+	}
+	return err
+}
+
+type sellerTimeoutWorker struct {
+	river.WorkerDefaults[sellerTimeoutArgs]
+	r *Runner
+}
+
+// Work rejects the order if its seller still has not answered (refunded,
+// released).
+func (w *sellerTimeoutWorker) Work(ctx context.Context, job *river.Job[sellerTimeoutArgs]) error {
+	_, err := w.r.eng.TransitionFrom(ctx, job.Args.OrderID, allot.OrderReserved, allot.OrderRejected, job.Args.Cause)
+	if c := allot.CodeOf(err); c == allot.CodeInvalidTransition || c == allot.CodeNotFound {
+		return nil
+	}
+	return err
 }

@@ -149,6 +149,8 @@ func New(ctx context.Context, s allot.Store, cfg Config) (*Runner, error) {
 	river.AddWorker(workers, &sellerWorker{r: r})
 	river.AddWorker(workers, &notifyWorker{r: r})
 	river.AddWorker(workers, &sweepWorker{r: r})
+	river.AddWorker(workers, &paymentTimeoutWorker{r: r})
+	river.AddWorker(workers, &sellerTimeoutWorker{r: r})
 	rc := &river.Config{
 		Queues:                      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
 		Workers:                     workers,
@@ -247,8 +249,15 @@ func params(steps []allot.Step) ([]river.InsertManyParams, error) {
 			ps[i].Args = sellerArgs(a)
 		case allot.StepNotify:
 			ps[i].Args = notifyArgs(a)
+		case allot.StepPaymentTimeout:
+			ps[i].Args = paymentTimeoutArgs(a)
+		case allot.StepSellerTimeout:
+			ps[i].Args = sellerTimeoutArgs(a)
 		default:
 			return nil, fmt.Errorf("workflow: unknown step %q", s.Kind)
+		}
+		if s.After > 0 {
+			ps[i].InsertOpts = &river.InsertOpts{ScheduledAt: time.Now().Add(s.After)}
 		}
 	}
 	return ps, nil

@@ -172,6 +172,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"migrate", "--db", "sqlite:" + filepath.Join(dir, "m.db")}, 0, "schema migrated"},
 		{[]string{"migrate", "--db", "postgres://u:pw-4711@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
 		{[]string{"serve", "--seller", "bogus"}, 2, "--seller must be auto, manual or an http(s) URL"},
+		{[]string{"serve", "--seller", "manual"}, 2, "needs --seller-token"},
 		{[]string{"serve", "--payment-webhook", "acme=http://127.0.0.1:1"}, 2, "needs --payment-secret acme=SECRET"},
 		{[]string{"serve", "--payment-webhook", "acme"}, 2, "want NAME=VALUE"},
 		{[]string{"serve", "--payment-default", "paypal"}, 2, "not a configured provider"},

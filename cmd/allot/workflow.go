@@ -128,6 +128,9 @@ func (f *flowFlags) build(log *slog.Logger) (*flowConfig, error) {
 		}
 		seller = sellers.HTTP{URL: *f.sellerURL, Token: *f.sellerToken}
 	}
+	if _, auto := seller.(sellers.Auto); !auto && *f.sellerToken == "" {
+		return nil, errors.New("--seller " + *f.sellerURL + " needs --seller-token: sellers answer at /v1/orders/{id}/seller-decision with it")
+	}
 	var notifier allot.Notifier = notify.Log{Logger: log}
 	switch {
 	case *f.smtpAddr != "":
