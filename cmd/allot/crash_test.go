@@ -233,7 +233,7 @@ func crashTest(t *testing.T, db string) {
 					return
 				}
 				p.id = o.ID
-				if rng.IntN(6) == 0 {
+				if rng.IntN(4) == 0 {
 					time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
 					st, b := call("POST", "/v1/orders/"+o.ID+"/cancel", `{"reason":"changed plans"}`, far)
 					switch st {
@@ -259,7 +259,15 @@ func crashTest(t *testing.T, db string) {
 		cur.cmd.Wait()
 		cur = start()
 	}
-	time.Sleep(time.Second)
+	// Enough orders that every end is reached, however slow the machine.
+	for enough := time.Now().Add(90 * time.Second); time.Now().Before(enough); time.Sleep(100 * time.Millisecond) {
+		mu.Lock()
+		n := len(orders)
+		mu.Unlock()
+		if n >= 150 {
+			break
+		}
+	}
 	close(stop)
 	load.Wait()
 	if t.Failed() {
