@@ -65,6 +65,19 @@ type Reader interface {
 	Cursor(ctx context.Context, name string) (int64, error)
 	// FeedItems lists the Orders feed after a change number, in order.
 	FeedItems(ctx context.Context, afterChange int64, limit int) ([]FeedItem, error)
+	// OpportunityChanges lists the opportunities (slot resources and their
+	// slots) at their latest change after a change number, in order.
+	OpportunityChanges(ctx context.Context, afterChange int64, limit int) ([]OpportunityChange, error)
+}
+
+// OpportunityChange says that an opportunity changed (its description or
+// its remaining capacity) at a change number: a slot resource (Key "") or
+// one of its slots. Opportunity feeds re-publish it, as it stands, there.
+type OpportunityChange struct {
+	ResourceID string
+	Key        string
+	ChangeNo   int64
+	Modified   time.Time
 }
 
 // FeedItem is one order in the Orders feed, at its latest change.
@@ -127,6 +140,9 @@ type Tx interface {
 	InsertHold(ctx context.Context, h Hold) error
 	// SetHoldStatus updates a hold; it returns ErrNotFound if no such hold.
 	SetHoldStatus(ctx context.Context, id string, s HoldStatus, orderID string) error
+	// ReplaceHold stores h over any hold with its id (a lease renewed or
+	// changed under the same id).
+	ReplaceHold(ctx context.Context, h Hold) error
 	// LockHold reads a hold and locks its row until commit.
 	LockHold(ctx context.Context, id string) (Hold, error)
 
@@ -150,8 +166,9 @@ type Tx interface {
 	// change number yet, in Seq order, locked.
 	UnsequencedEvents(ctx context.Context, limit int) ([]Event, error)
 	// Sequence gives events their change numbers (parallel slices) and
-	// upserts the feed items; numbers must exceed every number given.
-	Sequence(ctx context.Context, seqs, changeNos []int64, items []FeedItem) error
+	// upserts the feed items and the opportunity changes (numbered after
+	// the events); numbers must exceed every number given.
+	Sequence(ctx context.Context, seqs, changeNos []int64, items []FeedItem, opps []OpportunityChange) error
 	// LastChangeNumber is the highest change number given so far.
 	LastChangeNumber(ctx context.Context) (int64, error)
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/allot/allot"
@@ -41,8 +42,16 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 		seqs, nos := make([]int64, len(evs)), make([]int64, len(evs))
 		latest := map[string]int{} // order id -> index in items
 		var items []allot.FeedItem
+		opps := map[allot.BucketKey]allot.OpportunityChange{}
 		for i, ev := range evs {
 			seqs[i], nos[i] = ev.Seq, last+int64(i)+1
+			touched, err := e.opportunitiesOf(ctx, tx, ev)
+			if err != nil {
+				return err
+			}
+			for _, k := range touched {
+				opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At}
+			}
 			data, err := orderOf(ev)
 			if err != nil {
 				return err
@@ -59,7 +68,24 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 			items = append(items, it)
 		}
 		n = len(evs)
-		return tx.Sequence(ctx, seqs, nos, items)
+		// Each opportunity gets a number of its own, after the events', in
+		// the order of the events that last changed them: a page boundary
+		// must never fall between two items of one number.
+		changes := make([]allot.OpportunityChange, 0, len(opps))
+		for _, o := range opps {
+			changes = append(changes, o)
+		}
+		sort.Slice(changes, func(i, j int) bool {
+			a, b := changes[i], changes[j]
+			if a.ChangeNo != b.ChangeNo {
+				return a.ChangeNo < b.ChangeNo
+			}
+			return allot.BucketKey{ResourceID: a.ResourceID, Key: a.Key}.Less(allot.BucketKey{ResourceID: b.ResourceID, Key: b.Key})
+		})
+		for j := range changes {
+			changes[j].ChangeNo = last + int64(len(evs)+j) + 1
+		}
+		return tx.Sequence(ctx, seqs, nos, items, changes)
 	})
 	return n, err
 }
@@ -80,6 +106,78 @@ func orderOf(ev allot.Event) ([]byte, error) {
 		return p.Order, nil
 	}
 	return nil, nil
+}
+
+// opportunitiesOf lists the opportunities an event changes: a slot
+// resource (Key "") when it is created, and each slot whose description or
+// remaining capacity the event changes. Other kinds have no opportunities.
+func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.Event) ([]allot.BucketKey, error) {
+	var lines []allot.Line
+	var keys []string
+	switch ev.Type {
+	case allot.EventResourceCreated:
+		var res allot.Resource
+		if err := json.Unmarshal(ev.Payload, &res); err != nil {
+			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		if res.Kind != allot.KindSlot {
+			return nil, nil
+		}
+		out := []allot.BucketKey{{ResourceID: res.ID}}
+		for _, s := range res.Slots {
+			out = append(out, allot.BucketKey{ResourceID: res.ID, Key: s.ID})
+		}
+		return out, nil
+	case allot.EventCapacityChanged:
+		var bs []struct {
+			Key string `json:"key"`
+		}
+		if err := json.Unmarshal(ev.Payload, &bs); err != nil {
+			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		for _, b := range bs {
+			keys = append(keys, b.Key)
+		}
+	case allot.EventHoldCreated, allot.EventHoldReleased, allot.EventHoldExpired:
+		var h allot.Hold
+		if err := json.Unmarshal(ev.Payload, &h); err != nil {
+			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		lines = h.Lines
+	case allot.EventOrderCreated, allot.EventOrderStatus:
+		data, err := orderOf(ev)
+		if err != nil {
+			return nil, err
+		}
+		var o allot.Order
+		if err := json.Unmarshal(data, &o); err != nil {
+			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		lines = lineList(o.Lines)
+	default:
+		return nil, nil
+	}
+	var out []allot.BucketKey
+	for _, k := range keys {
+		out = append(out, allot.BucketKey{ResourceID: ev.ResourceID, Key: k})
+	}
+	for _, l := range lines {
+		if l.Slot != "" {
+			out = append(out, allot.BucketKey{ResourceID: l.ResourceID, Key: l.Slot})
+		}
+	}
+	// Only slot resources are opportunities.
+	kept := out[:0]
+	for _, k := range out {
+		res, err := e.resource(ctx, r, k.ResourceID)
+		if err != nil {
+			return nil, err
+		}
+		if res.Kind == allot.KindSlot {
+			kept = append(kept, k)
+		}
+	}
+	return kept, nil
 }
 
 // RunSequencer numbers new events every interval until ctx ends.
@@ -103,4 +201,19 @@ func (e *Engine) OrdersFeed(ctx context.Context, afterChange int64, limit int) (
 		return nil, err
 	}
 	return e.store.FeedItems(ctx, afterChange, limit)
+}
+
+// OpportunityFeed numbers what has committed, then reads the opportunities
+// (slot resources and their slots) changed after a change number.
+func (e *Engine) OpportunityFeed(ctx context.Context, afterChange int64, limit int) ([]allot.OpportunityChange, error) {
+	if afterChange < 0 {
+		return nil, allot.Invalid("afterChangeNumber", "afterChangeNumber must not be negative")
+	}
+	if limit < 1 || limit > 1000 {
+		return nil, allot.Invalid("limit", "limit must be between 1 and 1000")
+	}
+	if _, err := e.Sequence(ctx, 1000); err != nil {
+		return nil, err
+	}
+	return e.store.OpportunityChanges(ctx, afterChange, limit)
 }

@@ -950,7 +950,7 @@ func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem) error {
+func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem, opps []allot.OpportunityChange) error {
 	if len(seqs) == 0 {
 		return nil
 	}
@@ -977,9 +977,22 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 			ON CONFLICT (order_id) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified, state = excluded.state, data = excluded.data`,
 			ids, nos, mods, states, data)
 	}
+	if len(opps) > 0 {
+		rs, ks, nos, mods := make([]string, len(opps)), make([]string, len(opps)), make([]int64, len(opps)), make([]time.Time, len(opps))
+		for i, o := range opps {
+			rs[i], ks[i], nos[i], mods[i] = o.ResourceID, o.Key, o.ChangeNo, o.Modified
+		}
+		t.queue(nil, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
+			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified`,
+			rs, ks, nos, mods)
+	}
 	first, last := changeNos[0], changeNos[0]
 	for _, c := range changeNos {
 		first, last = min(first, c), max(last, c)
+	}
+	for _, o := range opps {
+		last = max(last, o.ChangeNo)
 	}
 	// Compare and set: the counter must still be where this sequencer read it.
 	t.queue(rowsAffected(errSequenceRace), `UPDATE counters SET value = $1 WHERE name = 'change_no' AND value = $2`, last, first-1)

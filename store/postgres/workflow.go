@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
 )
 
 func (q q) GetCustomer(ctx context.Context, id string) (allot.Customer, error) {
@@ -96,3 +97,29 @@ type errRow struct{ err error }
 func (r errRow) Scan(...any) error { return r.err }
 
 func (e errBatch) Tx() pgx.Tx { return nil }
+
+func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int) ([]allot.OpportunityChange, error) {
+	rows, err := q.db.Query(ctx, `SELECT resource_id, bkey, change_no, modified FROM opportunity_feed WHERE change_no > $1 ORDER BY change_no LIMIT $2`, afterChange, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.OpportunityChange
+	for rows.Next() {
+		var o allot.OpportunityChange
+		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &o.Modified); err != nil {
+			return nil, err
+		}
+		o.Modified = o.Modified.UTC()
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) ReplaceHold(ctx context.Context, h allot.Hold) error {
+	t.queue(nil, `INSERT INTO holds (`+holdCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (id) DO UPDATE SET status = excluded.status, customer_id = excluded.customer_id, expires_at = excluded.expires_at,
+		created_at = excluded.created_at, order_id = excluded.order_id, lines = excluded.lines`,
+		h.ID, string(h.Status), h.CustomerID, h.ExpiresAt, h.CreatedAt, h.OrderID, rowcodec.Lines(h.Lines))
+	return nil
+}

@@ -790,7 +790,7 @@ func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem) error {
+func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem, opps []allot.OpportunityChange) error {
 	var last int64
 	for i := range seqs {
 		res, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = ? WHERE seq = ? AND change_no IS NULL`, changeNos[i], seqs[i])
@@ -810,6 +810,14 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 		if _, err := t.db.ExecContext(ctx, `INSERT INTO order_feed (order_id, change_no, modified, state, data) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (order_id) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified, state = excluded.state, data = excluded.data`,
 			it.ID, it.ChangeNo, micros(it.Modified), state, string(it.Data)); err != nil {
+			return err
+		}
+	}
+	for _, o := range opps {
+		last = max(last, o.ChangeNo)
+		if _, err := t.db.ExecContext(ctx, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified) VALUES (?, ?, ?, ?)
+			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified`,
+			o.ResourceID, o.Key, o.ChangeNo, micros(o.Modified)); err != nil {
 			return err
 		}
 	}

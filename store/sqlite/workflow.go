@@ -5,6 +5,7 @@ import (
 	"database/sql"
 
 	"github.com/allot/allot"
+	"github.com/allot/allot/store/internal/rowcodec"
 )
 
 func (q q) GetCustomer(ctx context.Context, id string) (allot.Customer, error) {
@@ -31,3 +32,30 @@ func (t *tx) SQLTx() *sql.Tx { return t.db.(cached).tx }
 // DB is the single writer connection pool: a job queue on the same file
 // must share it, because SQLite has one writer at a time.
 func (s *Store) DB() *sql.DB { return s.w }
+
+func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int) ([]allot.OpportunityChange, error) {
+	rows, err := q.db.QueryContext(ctx, `SELECT resource_id, bkey, change_no, modified FROM opportunity_feed WHERE change_no > ? ORDER BY change_no LIMIT ?`, afterChange, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []allot.OpportunityChange
+	for rows.Next() {
+		var o allot.OpportunityChange
+		var mod int64
+		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &mod); err != nil {
+			return nil, err
+		}
+		o.Modified = fromMicros(mod)
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) ReplaceHold(ctx context.Context, h allot.Hold) error {
+	_, err := t.db.ExecContext(ctx, `INSERT INTO holds (`+holdCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET status = excluded.status, customer_id = excluded.customer_id, expires_at = excluded.expires_at,
+		created_at = excluded.created_at, order_id = excluded.order_id, lines = excluded.lines`,
+		h.ID, string(h.Status), h.CustomerID, micros(h.ExpiresAt), micros(h.CreatedAt), h.OrderID, rowcodec.Lines(h.Lines))
+	return err
+}

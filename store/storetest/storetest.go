@@ -92,6 +92,9 @@ func (s suite) run(t *testing.T) {
 	t.Run("FeedRace", s.testFeedRace)
 	t.Run("Thresholds", s.testThresholds)
 	t.Run("SequencerGuards", s.testSequencerGuards)
+	t.Run("Leases", s.testLeases)
+	t.Run("LeaseRace", s.testLeaseRace)
+	t.Run("OpportunityFeed", s.testOpportunityFeed)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -894,7 +897,7 @@ func (s suite) testSequencerGuards(t *testing.T) {
 		t.Fatalf("events %+v", evs)
 	}
 	err = e.store.Write(e.ctx, func(tx allot.Tx) error {
-		return tx.Sequence(e.ctx, []int64{evs[0].Seq}, []int64{evs[0].ChangeNo + 100}, nil)
+		return tx.Sequence(e.ctx, []int64{evs[0].Seq}, []int64{evs[0].ChangeNo + 100}, nil, nil)
 	})
 	if err == nil {
 		t.Fatal("an event was numbered twice")

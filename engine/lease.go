@@ -1,0 +1,191 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/allot/allot"
+)
+
+// LeaseInput asks for a lease (OpenActive: the lease of an OrderQuote) on
+// Lines under the hold id ID. A lease under an id that already has one
+// replaces it: the old claims are given back and the new ones taken in the
+// same transaction, so renewing never counts twice.
+type LeaseInput struct {
+	ID         string
+	Lines      []allot.Line
+	TTL        time.Duration
+	CustomerID string
+}
+
+// LineVerdict is the lease's answer for one line.
+type LineVerdict struct {
+	// Remaining is what the line's bucket had left for this lease before it
+	// (capacity - booked - other leases and holds): OpenActive's
+	// remainingAttendeeCapacity "excluding the order's own lease".
+	Remaining int
+	// Of the line's quantity: granted, refused because other unexpired
+	// holds keep the capacity (it may come back), refused because it is
+	// gone. Granted+Reserved+Gone = the line's quantity.
+	Granted, Reserved, Gone int
+}
+
+// LeaseResult is the lease, when granted, and the verdict of every line.
+type LeaseResult struct {
+	Hold    allot.Hold
+	Granted bool
+	Lines   []LineVerdict
+}
+
+// Lease takes all of in.Lines or nothing. A refusal is not an error: the
+// result says, line by line, how much was missing and why, and the
+// previous lease under the id, if any, stands.
+func (e *Engine) Lease(ctx context.Context, in LeaseInput) (LeaseResult, error) {
+	if in.TTL == 0 {
+		in.TTL = DefaultHoldTTL
+	}
+	if in.TTL < time.Second || in.TTL > MaxHoldTTL {
+		return LeaseResult{}, allot.Invalid("ttl_seconds", "ttl_seconds must be between 1 and %d", int(MaxHoldTTL.Seconds()))
+	}
+	if in.ID == "" || len(in.ID) > 200 {
+		return LeaseResult{}, allot.Invalid("id", "a lease needs an id of at most 200 characters")
+	}
+	if err := checkCustomer(in.CustomerID); err != nil {
+		return LeaseResult{}, err
+	}
+	d, err := e.demandOf(ctx, e.store, in.Lines)
+	if err != nil {
+		return LeaseResult{}, err
+	}
+	// The buckets of the lease this one replaces must be locked too, in
+	// the one key order.
+	specs := d.specs()
+	old, err := e.store.GetHold(ctx, in.ID)
+	switch {
+	case errors.Is(err, allot.ErrNotFound):
+	case err != nil:
+		return LeaseResult{}, err
+	case old.Status == allot.HoldConverted:
+		return LeaseResult{}, allot.Errorf(allot.CodeHoldConverted, "lease %q is already booked as order %q", old.ID, old.OrderID)
+	default:
+		od, err := e.demandOf(ctx, e.store, old.Lines)
+		if err != nil {
+			return LeaseResult{}, err
+		}
+		specs = mergeSpecs(specs, od.specs())
+	}
+	now := e.now()
+	h := allot.Hold{ID: in.ID, Status: allot.HoldActive, CustomerID: in.CustomerID, ExpiresAt: now.Add(in.TTL), CreatedAt: now, Lines: in.Lines}
+	v, err := e.do(ctx, &op{specs: specs, shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		if k, ok := w.need(d.keys); !ok {
+			i := d.line[k]
+			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
+				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+		}
+		prev, err := w.LockHold(ctx, in.ID)
+		exists := err == nil
+		if err != nil && !errors.Is(err, allot.ErrNotFound) {
+			return nil, err
+		}
+		if exists && prev.Status == allot.HoldConverted {
+			return nil, allot.Errorf(allot.CodeHoldConverted, "lease %q is already booked as order %q", prev.ID, prev.OrderID)
+		}
+		own, err := w.OwnerClaims(ctx, in.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range own {
+			if _, ok := w.lk[c.BucketKey]; !ok {
+				return nil, fmt.Errorf("engine: lease %s changed while being renewed; retry", in.ID)
+			}
+		}
+		// Expired holds never refuse: release them first.
+		if _, err := e.expireOn(ctx, w, d.keys); err != nil {
+			return nil, err
+		}
+		// Decide with this lease's own claims given back.
+		others := map[allot.BucketKey]allot.Bucket{}
+		for _, k := range d.keys {
+			others[k] = *w.lk[k]
+		}
+		for _, c := range own {
+			if b, ok := others[c.BucketKey]; ok {
+				b.Held -= c.Quantity
+				others[c.BucketKey] = b
+			}
+		}
+		res := LeaseResult{Granted: true, Lines: make([]LineVerdict, len(in.Lines))}
+		free, reserved := map[allot.BucketKey]int{}, map[allot.BucketKey]int{}
+		for k, b := range others {
+			free[k], reserved[k] = max(0, b.Capacity-b.Booked-b.Held), b.Held
+		}
+		for i, l := range d.lines {
+			k := allot.BucketKey{ResourceID: l.ResourceID, Key: bucketKeyOf(d.res[l.ResourceID], l)}
+			b := others[k]
+			v := LineVerdict{Remaining: max(0, b.Capacity-b.Booked-b.Held)}
+			v.Granted = min(l.Quantity, free[k])
+			free[k] -= v.Granted
+			rest := l.Quantity - v.Granted
+			v.Reserved = min(rest, reserved[k])
+			reserved[k] -= v.Reserved
+			v.Gone = rest - v.Reserved
+			if v.Granted < l.Quantity {
+				res.Granted = false
+			}
+			res.Lines[i] = v
+		}
+		if !res.Granted {
+			return res, nil
+		}
+		for _, c := range own {
+			w.lk[c.BucketKey].Held -= c.Quantity
+		}
+		if err := w.DeleteClaims(ctx, own); err != nil {
+			return nil, err
+		}
+		for k, q := range d.need {
+			w.lk[k].Held += q
+		}
+		if err := w.AddClaims(ctx, d.claims(h.ID, allot.ClaimHeld)); err != nil {
+			return nil, err
+		}
+		if err := w.ReplaceHold(ctx, h); err != nil {
+			return nil, err
+		}
+		if exists && len(own) > 0 {
+			prev.Status = allot.HoldReleased
+			w.emit(e.event(allot.EventHoldReleased, firstResource(prev.Lines), "", prev.ID, prev))
+		}
+		w.emit(e.event(allot.EventHoldCreated, firstResource(h.Lines), "", h.ID, h))
+		res.Hold = h
+		return res, nil
+	}})
+	if err != nil {
+		return LeaseResult{}, err
+	}
+	return v.(LeaseResult), nil
+}
+
+// bucketKeyOf is the bucket a one-bucket line claims (a slot, or stock).
+func bucketKeyOf(r allot.Resource, l allot.Line) string {
+	if r.Kind == allot.KindSlot {
+		return l.Slot
+	}
+	return allot.StockKey
+}
+
+func mergeSpecs(a, b []allot.BucketSpec) []allot.BucketSpec {
+	seen := map[allot.BucketKey]bool{}
+	var out []allot.BucketSpec
+	for _, s := range append(a, b...) {
+		if !seen[s.BucketKey] {
+			seen[s.BucketKey] = true
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j].BucketKey) })
+	return out
+}

@@ -1,0 +1,182 @@
+package storetest
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/engine"
+)
+
+// session makes a slot resource with one session of the given capacity.
+func (e *env) session(id string, capacity int) {
+	e.t.Helper()
+	e.resource(engine.ResourceInput{ID: id, Name: id, Kind: allot.KindSlot, Capacity: &capacity,
+		Slots: []engine.SlotInput{{ID: "s1", StartsAt: ptr(time.Date(2030, 1, 1, 10, 0, 0, 0, time.UTC))}}})
+}
+
+// spaces is n OpenActive OrderItems of one space each on one session.
+func spaces(res string, n int) []allot.Line {
+	out := make([]allot.Line, n)
+	for i := range out {
+		out[i] = allot.Line{ResourceID: res, Quantity: 1, Slot: "s1"}
+	}
+	return out
+}
+
+type split struct{ granted, reserved, gone int }
+
+func splitOf(r engine.LeaseResult) (s split, remaining []int) {
+	for _, v := range r.Lines {
+		s.granted += v.Granted
+		s.reserved += v.Reserved
+		s.gone += v.Gone
+		remaining = append(remaining, v.Remaining)
+	}
+	return s, remaining
+}
+
+// testLeases runs the OpenActive leasing rules: all or nothing; the
+// capacity shown excludes the lease's own; a refusal splits what is missing
+// into what other leases keep and what is gone; renewing under the same id
+// replaces; booking converts; an expired lease never refuses.
+func (s suite) testLeases(t *testing.T) {
+	e := s.env(t)
+	e.session("yoga", 5)
+	lease := func(id string, n int) engine.LeaseResult {
+		t.Helper()
+		r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: id, Lines: spaces("yoga", n), TTL: 10 * time.Minute})
+		e.must(err)
+		return r
+	}
+	steps := []struct {
+		id        string
+		n         int
+		granted   bool
+		split     split
+		remaining int // shown on every line
+		held      int // the bucket's held after the step
+	}{
+		{"a", 3, true, split{3, 0, 0}, 5, 3},
+		{"b", 10, false, split{2, 3, 5}, 2, 3}, // the suite's 2 / 3 / 5 split
+		{"a", 3, true, split{3, 0, 0}, 5, 3},   // renewed: the same 3, not 6
+		{"c", 2, true, split{2, 0, 0}, 2, 5},   //
+		{"d", 1, false, split{0, 1, 0}, 0, 5},  // reserved by other leases
+		{"a", 1, true, split{1, 0, 0}, 3, 3},   // replaced by a smaller lease
+		{"d", 4, false, split{2, 2, 0}, 2, 3},  // 2 free, 3 leased by others
+	}
+	for i, st := range steps {
+		r := lease(st.id, st.n)
+		sp, rem := splitOf(r)
+		if r.Granted != st.granted || sp != st.split {
+			t.Fatalf("step %d (%s x%d): granted %v split %+v, want %v %+v", i, st.id, st.n, r.Granted, sp, st.granted, st.split)
+		}
+		for _, v := range rem {
+			if v != st.remaining {
+				t.Fatalf("step %d: remaining %v, want %d each", i, rem, st.remaining)
+			}
+		}
+		e.wantBucket("yoga", "s1", st.held, 0, 5-st.held)
+		CheckInvariants(t, e.ctx, e.store, "yoga")
+	}
+	// Booking converts the lease: capacity does not move.
+	o, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{HoldID: "c"})
+	e.must(err)
+	e.wantBucket("yoga", "s1", 1, 2, 2)
+	if _, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "c", Lines: spaces("yoga", 1), TTL: time.Minute}); allot.CodeOf(err) != allot.CodeHoldConverted {
+		t.Fatalf("leasing a booked lease again: %v", err)
+	}
+	// An expired lease never refuses.
+	e.clock.Advance(11 * time.Minute)
+	r := lease("e", 3)
+	if sp, _ := splitOf(r); !r.Granted || sp.granted != 3 {
+		t.Fatalf("after the other leases expired: %+v", r)
+	}
+	e.wantBucket("yoga", "s1", 3, 2, 0)
+	CheckInvariants(t, e.ctx, e.store, "yoga")
+	_ = o
+}
+
+// testLeaseRace races leases (new and renewed) for one session's last
+// spaces: no more than capacity is ever held, and the invariants hold.
+func (s suite) testLeaseRace(t *testing.T) {
+	e := s.env(t)
+	e.session("class", 7)
+	var wg sync.WaitGroup
+	for w := range 12 {
+		wg.Go(func() {
+			for i := range 15 {
+				id := fmt.Sprintf("w%d-%d", w, i%3) // each worker renews three leases
+				n := 1 + (w+i)%3
+				r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: id, Lines: spaces("class", n), TTL: time.Minute})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if sp, _ := splitOf(r); sp.granted+sp.reserved+sp.gone != n || (r.Granted && sp.granted != n) {
+					t.Errorf("lease %s x%d: %+v", id, n, r)
+				}
+				if i%5 == 4 {
+					if _, err := e.eng.ReleaseHold(e.ctx, id); err != nil && allot.CodeOf(err) == "" {
+						t.Error(err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	CheckInvariants(t, e.ctx, e.store, "class")
+	b := e.bucket("class", "s1")
+	if b.Held > 7 || b.Held+b.Available != 7 {
+		t.Fatalf("bucket after the race: %+v", b)
+	}
+}
+
+// testOpportunityFeed checks that every change to a session's remaining
+// capacity re-publishes it at a new change number, once per page.
+func (s suite) testOpportunityFeed(t *testing.T) {
+	e := s.env(t)
+	e.session("swim", 4)
+	e.stock("tix", 3) // not an opportunity
+	feed := func() map[allot.BucketKey]int64 {
+		t.Helper()
+		items, err := e.eng.OpportunityFeed(e.ctx, 0, 100)
+		e.must(err)
+		out := map[allot.BucketKey]int64{}
+		last := int64(0)
+		for _, it := range items {
+			k := allot.BucketKey{ResourceID: it.ResourceID, Key: it.Key}
+			if _, dup := out[k]; dup || it.ChangeNo <= last {
+				t.Fatalf("feed %+v: duplicate or out of order", items)
+			}
+			out[k], last = it.ChangeNo, it.ChangeNo
+		}
+		return out
+	}
+	f0 := feed()
+	if len(f0) != 2 || f0[allot.BucketKey{ResourceID: "swim"}] == 0 || f0[allot.BucketKey{ResourceID: "swim", Key: "s1"}] == 0 {
+		t.Fatalf("feed after creation: %v", f0)
+	}
+	k := allot.BucketKey{ResourceID: "swim", Key: "s1"}
+	prev := f0[k]
+	for i, change := range []func(){
+		func() {
+			_, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "l", Lines: spaces("swim", 2), TTL: time.Minute})
+			e.must(err)
+		},
+		func() { _, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{HoldID: "l"}); e.must(err) },
+		func() {
+			_, err := e.eng.SetCapacity(e.ctx, "swim", engine.CapacityInput{Slot: "s1", Capacity: ptr(6)})
+			e.must(err)
+		},
+	} {
+		change()
+		f := feed()
+		if f[k] <= prev {
+			t.Fatalf("change %d did not re-publish the session: %d after %d", i, f[k], prev)
+		}
+		prev = f[k]
+	}
+}
