@@ -16,6 +16,12 @@ type OrderInput struct {
 	// Payment chooses the provider of a priced order (the workflow's
 	// default when nil).
 	Payment *allot.OrderPayment
+	// ID, when set, is the order's id (a channel's own id for it, such as
+	// an OpenActive Order UUID); generated when empty.
+	ID string
+	// Prepaid says the channel took the payment (an OpenActive booking
+	// partner): the workflow skips the charge.
+	Prepaid bool
 }
 
 // CreateOrder books capacity: it converts a hold's claims, or claims the
@@ -41,7 +47,10 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	if err != nil {
 		return o, err
 	}
-	if err := e.payment(&o, in.Payment); err != nil {
+	if err := e.channel(&o, in); err != nil {
+		return allot.Order{}, err
+	}
+	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
 		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
@@ -90,7 +99,10 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 	if err != nil {
 		return o, err
 	}
-	if err := e.payment(&o, in.Payment); err != nil {
+	if err := e.channel(&o, in); err != nil {
+		return allot.Order{}, err
+	}
+	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
 		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
@@ -173,7 +185,9 @@ func (e *Engine) newOrder(d *demand, customer, holdID, cause string) (allot.Orde
 }
 
 func (e *Engine) insertOrder(ctx context.Context, w *wtx, o allot.Order) error {
-	if err := w.InsertOrder(ctx, o); err != nil {
+	if err := w.InsertOrder(ctx, o); errors.Is(err, allot.ErrConflict) {
+		return &allot.Error{Code: allot.CodeAlreadyExists, Field: "id", Line: -1, Detail: fmt.Sprintf("order %q already exists", o.ID)}
+	} else if err != nil {
 		return err
 	}
 	w.emit(e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o))

@@ -97,11 +97,31 @@ func (e *Engine) checkOrderCustomer(ctx context.Context, id string) error {
 	return err
 }
 
+var orderID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$`)
+
+// channel applies a channel's own id and its prepayment to a new order.
+func (e *Engine) channel(o *allot.Order, in OrderInput) error {
+	if in.ID != "" {
+		if !orderID.MatchString(in.ID) {
+			return allot.Invalid("id", "an order id must be 1-200 letters, digits, '.', '_', ':' or '-'")
+		}
+		o.ID = in.ID
+	}
+	if in.Prepaid && in.Payment != nil {
+		return allot.Invalid("payment", "a prepaid order takes no payment details")
+	}
+	return nil
+}
+
 // payment decides how a priced order is paid, and refuses payment details
 // where nothing is due.
-func (e *Engine) payment(o *allot.Order, p *allot.OrderPayment) error {
+func (e *Engine) payment(o *allot.Order, p *allot.OrderPayment, prepaid bool) error {
 	priced := o.Total != nil && o.Total.Minor > 0
 	switch {
+	case prepaid:
+		o.Status, o.History[0].To = allot.OrderReserved, allot.OrderReserved
+		o.History[0].Cause += " (paid to the booking channel)"
+		return nil
 	case !e.WorkflowOn() && p != nil:
 		return allot.Invalid("payment", "payments are not configured on this server")
 	case !e.WorkflowOn():

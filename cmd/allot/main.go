@@ -27,6 +27,7 @@ import (
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/events"
+	"github.com/allot/allot/openactive"
 	allothttp "github.com/allot/allot/http"
 	"github.com/allot/allot/store/postgres"
 	"github.com/allot/allot/store/sqlite"
@@ -89,6 +90,7 @@ func run(args []string, stderr io.Writer) int {
 	natsSubject := fs.String("nats-subject", env("ALLOT_NATS_SUBJECT", "allot.events"), "subject prefix: <prefix>.<event type> (ALLOT_NATS_SUBJECT)")
 	kafkaBrokers := fs.String("kafka-brokers", env("ALLOT_KAFKA_BROKERS", ""), "publish events to Kafka at these comma-separated brokers (ALLOT_KAFKA_BROKERS)")
 	wf := workflowFlags(fs)
+	oa := openActiveFlags(fs)
 	consumeGroup := fs.String("kafka-consume-create-booking", env("ALLOT_KAFKA_CONSUME_CREATE_BOOKING", ""), "act as seed 000's seller proxy: consume create_booking from --kafka-brokers in this consumer group and confirm the bookings (ALLOT_KAFKA_CONSUME_CREATE_BOOKING)")
 	if cmd == "bench" {
 		return runBench(args, stderr)
@@ -164,7 +166,19 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}()
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
-	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow); err != nil {
+	var oaCfg *openactive.Config
+	if *oa.on {
+		base := *oa.baseURL
+		if base == "" {
+			base = "http://" + *addr
+		}
+		partners := map[string]string{}
+		for name, key := range oa.partners {
+			partners[key] = name
+		}
+		oaCfg = &openactive.Config{BaseURL: base, Partners: partners, TestInterface: *oa.testInterface}
+	}
+	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow, oaCfg); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -255,7 +269,7 @@ func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers strin
 // consumer configures the create_booking consumer; no group, no consumer.
 type consumer struct{ brokers, group string }
 
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer, flow *flowConfig) error {
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer, flow *flowConfig, oa *openactive.Config) error {
 	opts := engine.Options{Logger: log, Batching: b}
 	var runner *workflow.Runner
 	if flow != nil {
@@ -294,8 +308,18 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 			}
 		}()
 	}
+	var handler nethttp.Handler = api
+	if oa != nil {
+		mux := nethttp.NewServeMux()
+		oah := openactive.New(eng, *oa, log)
+		for _, p := range openactive.Routes {
+			mux.Handle(p, oah)
+		}
+		mux.Handle("/", api)
+		handler = mux
+	}
 	srv := &nethttp.Server{
-		Handler:           api,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,

@@ -20,6 +20,22 @@ import (
 	"github.com/allot/allot/workflow"
 )
 
+// oaFlags are the OpenActive API's settings.
+type oaFlags struct {
+	on, testInterface *bool
+	baseURL           *string
+	partners          keyValues
+}
+
+func openActiveFlags(fs *flag.FlagSet) *oaFlags {
+	f := &oaFlags{partners: keyValues{}}
+	f.on = fs.Bool("openactive", env("ALLOT_OPENACTIVE", "true") == "true", "serve the OpenActive Open Booking API (dataset site /openactive, feeds /feeds/..., booking /api/openbooking) (ALLOT_OPENACTIVE)")
+	f.baseURL = fs.String("openactive-base-url", env("ALLOT_OPENACTIVE_BASE_URL", ""), "the URL clients reach this server at, for OpenActive @ids (default http://--addr)")
+	f.testInterface = fs.Bool("openactive-test-interface", false, "turn on the OpenActive test interface and the test suite's client-id header; never in production")
+	fs.Var(f.partners, "openactive-partner", "NAME=API_KEY: an OpenActive booking partner and its key (Authorization: Bearer); repeatable")
+	return f
+}
+
 // flowFlags are the workflow's command-line settings.
 type flowFlags struct {
 	on                           *bool

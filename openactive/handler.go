@@ -1,0 +1,302 @@
+package openactive
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"log/slog"
+	nethttp "net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/engine"
+)
+
+// Config configures the OpenActive API.
+type Config struct {
+	// BaseURL is how clients reach this server (no trailing slash).
+	BaseURL string
+	// Partners maps booking partners' API keys (Authorization: Bearer) to
+	// their ids. Each partner sees only its own orders.
+	Partners map[string]string
+	// TestInterface turns on the test interface and accepts the test
+	// suite's X-OpenActive-Test-Client-Id header as the partner's identity.
+	// Never in production.
+	TestInterface bool
+	// LeaseTTL is how long a lease lasts (15 minutes by default).
+	LeaseTTL time.Duration
+	Site     Site
+}
+
+// Handler serves the OpenActive API.
+type Handler struct {
+	eng  *engine.Engine
+	log  *slog.Logger
+	cfg  Config
+	base string
+	ids  ids
+	site Site
+	mux  *nethttp.ServeMux
+}
+
+// New returns the OpenActive API on eng.
+func New(eng *engine.Engine, cfg Config, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 15 * time.Minute
+	}
+	if cfg.Site.Name == "" {
+		cfg.Site = DefaultSite
+	}
+	base := strings.TrimSuffix(cfg.BaseURL, "/")
+	h := &Handler{eng: eng, log: log, cfg: cfg, base: base, ids: ids{base}, site: cfg.Site, mux: nethttp.NewServeMux()}
+	h.mux.HandleFunc("GET /openactive", h.datasetSite)
+	h.mux.HandleFunc("GET /feeds/session-series", h.feed(true))
+	h.mux.HandleFunc("GET /feeds/scheduled-sessions", h.feed(false))
+	h.mux.HandleFunc("PUT /api/openbooking/order-quote-templates/{uuid}", h.partner(h.quote(false)))
+	h.mux.HandleFunc("PUT /api/openbooking/order-quotes/{uuid}", h.partner(h.quote(true)))
+	h.mux.HandleFunc("DELETE /api/openbooking/order-quotes/{uuid}", h.partner(h.deleteQuote))
+	h.mux.HandleFunc("PUT /api/openbooking/orders/{uuid}", h.partner(h.book))
+	h.mux.HandleFunc("DELETE /api/openbooking/orders/{uuid}", h.partner(h.deleteOrder))
+	h.mux.HandleFunc("GET /api/openbooking/orders-rpde", h.partner(h.ordersFeed))
+	if cfg.TestInterface {
+		h.mux.HandleFunc("POST /api/openbooking/test-interface/datasets/{dataset}/opportunities", h.createTestOpportunity)
+		h.mux.HandleFunc("DELETE /api/openbooking/test-interface/datasets/{dataset}", func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			w.WriteHeader(nethttp.StatusNoContent) // the suite forgets what it harvested; nothing to undo here
+		})
+		h.mux.HandleFunc("POST /api/openbooking/test-interface/actions", func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			h.write(w, 501, oaError("NotImplementedError", "no test actions are implemented", 501))
+		})
+	}
+	return h
+}
+
+// Routes are the path prefixes this handler serves.
+var Routes = []string{"/openactive", "/feeds/", "/api/openbooking/"}
+
+func (h *Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if _, pattern := h.mux.Handler(r); pattern == "" {
+		h.write(w, 404, oaError("NotFoundError", "no such path "+r.URL.Path, 404))
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+func (h *Handler) write(w nethttp.ResponseWriter, status int, body any) {
+	h.writeRaw(w, status, mustJSON(body))
+}
+
+func (h *Handler) writeRaw(w nethttp.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", MediaType)
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+func (h *Handler) fail(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
+	var de *allot.Error
+	if errors.As(err, &de) {
+		switch de.Code {
+		case allot.CodeNotFound:
+			h.write(w, 404, oaError("NotFoundError", de.Detail, 404))
+		case allot.CodeIdempotencyInFlight:
+			h.write(w, 409, oaError("OrderAlreadyExistsError", de.Detail, 409))
+		default:
+			h.write(w, 400, oaError("InvalidAPIRequestError", de.Detail, 400))
+		}
+		return
+	}
+	h.log.ErrorContext(r.Context(), "openactive request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	h.write(w, 500, oaError("InternalApplicationError", "the server failed; it is logged", 500))
+}
+
+type partnerKey struct{}
+
+// partner authenticates the booking partner: an API key, or in test mode
+// the suite's client id header.
+func (h *Handler) partner(next nethttp.HandlerFunc) nethttp.HandlerFunc {
+	return func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		id := ""
+		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			for key, p := range h.cfg.Partners {
+				if subtle.ConstantTimeCompare([]byte(tok), []byte(key)) == 1 {
+					id = p
+				}
+			}
+		}
+		if id == "" && h.cfg.TestInterface {
+			id = r.Header.Get("X-OpenActive-Test-Client-Id")
+		}
+		if !partnerID.MatchString(id) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="openactive"`)
+			h.write(w, 401, oaError("MissingAuthorizationDetailsError", "a booking partner's API key is required (Authorization: Bearer ...)", 401))
+			return
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), partnerKey{}, id)))
+	}
+}
+
+var partnerID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F-]{8,64}$`)
+
+func partnerOf(ctx context.Context) string { p, _ := ctx.Value(partnerKey{}).(string); return p }
+
+// orderID is Allot's id for a partner's Order (or lease) UUID: the partner
+// is part of it, so partners never see or touch each other's orders.
+func orderID(partner, uuid string) string { return "oa." + partner + "." + strings.ToLower(uuid) }
+
+func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
+	feed := func(name, path string) obj {
+		return obj{"@type": "DataDownload", "name": name, "identifier": name, "additionalType": "https://openactive.io/" + name,
+			"encodingFormat": rpdeType, "contentUrl": h.base + path}
+	}
+	ds := obj{"@context": []string{"https://schema.org/", "https://openactive.io/"}, "@type": "Dataset",
+		"@id": h.base + "/openactive", "url": h.base + "/openactive", "name": h.site.Name + " Sessions",
+		"description": "Sessions of " + h.site.Name + ", bookable through the Open Booking API.",
+		"keywords": []string{"Sessions", "OpenActive"}, "license": license,
+		"discussionUrl": "https://github.com/allot/allot/issues", "documentation": "https://developer.openactive.io/",
+		"inLanguage": []string{"en-GB"}, "schemaVersion": "https://openactive.io/modelling-opportunity-data/2.0/",
+		"publisher": obj{"@type": "Organization", "name": h.site.Name, "legalName": h.site.LegalName, "url": h.base + "/",
+			"logo": obj{"@type": "ImageObject", "url": h.base + "/logo.png"}},
+		"bookingService": obj{"@type": "BookingService", "name": "Allot", "url": h.base + "/"},
+		"distribution":   []obj{feed("SessionSeries", "/feeds/session-series"), feed("ScheduledSession", "/feeds/scheduled-sessions")},
+		"datePublished":  "2026-01-01T00:00:00Z", "dateModified": "2026-01-01T00:00:00Z",
+		"accessService": obj{"@type": "WebAPI", "name": "Open Booking API", "description": "Book " + h.site.Name + "'s sessions.",
+			"documentation":       "https://permalink.openactive.io/dataset-site/open-booking-api-documentation",
+			"termsOfService":      "https://openactive.io/terms/",
+			"endpointDescription": "https://www.openactive.io/open-booking-api/EditorsDraft/swagger.json",
+			"endpointUrl":         h.ids.booking(), "conformsTo": []string{"https://openactive.io/open-booking-api/EditorsDraft/"},
+			"landingPage":         h.base + "/openactive/booking-partner-signup"}}
+	// JSON inside <script> must not close it.
+	js := strings.ReplaceAll(string(mustJSON(ds)), "</", `<\/`)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	fmt.Fprintf(w, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>%s</title>\n<script type=\"application/ld+json\">\n%s\n</script></head>\n<body><h1>%s</h1><p>Open data and the Open Booking API for %s.</p></body></html>\n",
+		html.EscapeString(h.site.Name+" Sessions"), js, html.EscapeString(h.site.Name+" Sessions"), html.EscapeString(h.site.Name))
+}
+
+const feedPage = 500
+
+// feed pages the opportunity changes of one kind: series (the slot
+// resources) or sessions (their slots), each at its latest change number.
+func (h *Handler) feed(series bool) nethttp.HandlerFunc {
+	return func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		ctx := r.Context()
+		after := int64(0)
+		if v := r.URL.Query().Get("afterChangeNumber"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				h.write(w, 400, oaError("InvalidAPIRequestError", "afterChangeNumber must be a non-negative integer", 400))
+				return
+			}
+			after = n
+		}
+		var items []obj
+		cursor, last := after, after
+		for len(items) == 0 {
+			chs, err := h.eng.OpportunityFeed(ctx, cursor, feedPage)
+			if err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			for _, c := range chs {
+				cursor = c.ChangeNo
+				if (c.Key == "") != series {
+					continue
+				}
+				it, err := h.feedItem(ctx, c)
+				if err != nil {
+					h.fail(w, r, err)
+					return
+				}
+				items, last = append(items, it), c.ChangeNo
+			}
+			if len(chs) < feedPage {
+				break
+			}
+		}
+		path := "/feeds/scheduled-sessions"
+		if series {
+			path = "/feeds/session-series"
+		}
+		next := h.base + path + "?afterChangeNumber=" + strconv.FormatInt(last, 10)
+		if len(items) == 0 {
+			next = h.base + r.URL.RequestURI() // the last page names itself
+			w.Header().Set("Cache-Control", "public, max-age=8")
+		} else {
+			w.Header().Set("Cache-Control", "public, max-age=3600")
+		}
+		if items == nil {
+			items = []obj{}
+		}
+		w.Header().Set("Content-Type", rpdeType)
+		_, _ = w.Write(mustJSON(obj{"next": next, "items": items, "license": license}))
+	}
+}
+
+func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange) (obj, error) {
+	res, err := h.eng.GetResource(ctx, c.ResourceID)
+	if err != nil {
+		return nil, err
+	}
+	if c.Key == "" {
+		return obj{"state": "updated", "kind": "SessionSeries", "id": res.ID, "modified": c.ChangeNo, "data": h.seriesObj(res, true)}, nil
+	}
+	slot, b, err := h.slot(ctx, res, c.Key)
+	if err != nil {
+		return nil, err
+	}
+	return obj{"state": "updated", "kind": "ScheduledSession", "id": res.ID + "/" + slot.ID, "modified": c.ChangeNo,
+		"data": h.sessionObj(res, slot, b, false)}, nil
+}
+
+// slot reads a slot and its bucket as they stand.
+func (h *Handler) slot(ctx context.Context, res allot.Resource, key string) (allot.Slot, allot.Bucket, error) {
+	for _, s := range res.Slots {
+		if s.ID == key {
+			bs, err := h.eng.Store().Buckets(ctx, res.ID, key, key+"\x00")
+			if err != nil || len(bs) == 0 {
+				return s, allot.Bucket{}, fmt.Errorf("openactive: slot %s/%s has no bucket: %v", res.ID, key, err)
+			}
+			return s, bs[0], nil
+		}
+	}
+	return allot.Slot{}, allot.Bucket{}, allot.Errorf(allot.CodeNotFound, "resource %q has no slot %q", res.ID, key)
+}
+
+// readBody reads a JSON-LD request body (any JSON media type).
+func readBody(r *nethttp.Request, dst any) ([]byte, error) {
+	b, err := io.ReadAll(nethttp.MaxBytesReader(nil, r.Body, 1<<20))
+	if err != nil {
+		return nil, allot.Invalid("body", "the body could not be read: %v", err)
+	}
+	if err := json.Unmarshal(b, dst); err != nil {
+		return nil, allot.Invalid("body", "the body is not a valid JSON-LD object: %v", err)
+	}
+	return b, nil
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func hashOf(parts ...[]byte) string {
+	s := sha256.New()
+	for _, p := range parts {
+		s.Write(p)
+		s.Write([]byte{0})
+	}
+	return hex.EncodeToString(s.Sum(nil))
+}
