@@ -164,7 +164,7 @@ func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ds := obj{"@context": []string{"https://schema.org/", "https://openactive.io/"}, "@type": "Dataset",
 		"@id": h.base + "/openactive", "url": h.base + "/openactive", "name": h.site.Name + " Sessions",
 		"description": "Sessions of " + h.site.Name + ", bookable through the Open Booking API.",
-		"keywords": []string{"Sessions", "OpenActive"}, "license": license,
+		"keywords":    []string{"Sessions", "OpenActive"}, "license": license,
 		"discussionUrl": "https://github.com/allot/allot/issues", "documentation": "https://developer.openactive.io/",
 		"inLanguage": []string{"en-GB"}, "schemaVersion": "https://openactive.io/modelling-opportunity-data/2.0/",
 		"publisher": obj{"@type": "Organization", "name": h.site.Name, "legalName": h.site.LegalName, "url": h.base + "/",
@@ -177,7 +177,7 @@ func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
 			"termsOfService":      "https://openactive.io/terms/",
 			"endpointDescription": "https://www.openactive.io/open-booking-api/EditorsDraft/swagger.json",
 			"endpointUrl":         h.ids.booking(), "conformsTo": []string{"https://openactive.io/open-booking-api/EditorsDraft/"},
-			"landingPage":         h.base + "/openactive/booking-partner-signup"}}
+			"landingPage": h.base + "/openactive/booking-partner-signup"}}
 	// JSON inside <script> must not close it.
 	js := strings.ReplaceAll(string(mustJSON(ds)), "</", `<\/`)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")

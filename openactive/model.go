@@ -28,9 +28,9 @@ const (
 // capacity and price; the rest is the site's).
 type Site struct {
 	Name, LegalName, Email, Telephone string
-	TaxMode                          string
-	Activity                         Concept
-	Venue                            Venue
+	TaxMode                           string
+	Activity                          Concept
+	Venue                             Venue
 }
 
 // Concept is an activity of the OpenActive activity list.
@@ -55,7 +55,9 @@ var DefaultSite = Site{
 type obj = map[string]any
 
 // dateTime formats a time as OpenActive wants it: whole seconds, UTC.
-func dateTime(t time.Time) string { return t.UTC().Truncate(time.Second).Format("2006-01-02T15:04:05Z") }
+func dateTime(t time.Time) string {
+	return t.UTC().Truncate(time.Second).Format("2006-01-02T15:04:05Z")
+}
 
 // price is an amount as an OpenActive JSON number.
 func price(m *allot.Money) float64 {
@@ -75,13 +77,15 @@ func currency(m *allot.Money) string {
 // ids builds and parses the URLs that identify things.
 type ids struct{ base string }
 
-func (i ids) seller() string              { return i.base + "/api/identifiers/sellers/1" }
-func (i ids) series(res string) string    { return i.base + "/api/identifiers/session-series/" + res }
-func (i ids) offer(res string) string     { return i.series(res) + "#/offers/0" }
-func (i ids) session(res, k string) string { return i.base + "/api/identifiers/scheduled-sessions/" + res + "/" + k }
-func (i ids) booking() string             { return i.base + "/api/openbooking" }
-func (i ids) quote(uuid string) string    { return i.booking() + "/order-quotes/" + uuid }
-func (i ids) order(uuid string) string    { return i.booking() + "/orders/" + uuid }
+func (i ids) seller() string           { return i.base + "/api/identifiers/sellers/1" }
+func (i ids) series(res string) string { return i.base + "/api/identifiers/session-series/" + res }
+func (i ids) offer(res string) string  { return i.series(res) + "#/offers/0" }
+func (i ids) session(res, k string) string {
+	return i.base + "/api/identifiers/scheduled-sessions/" + res + "/" + k
+}
+func (i ids) booking() string          { return i.base + "/api/openbooking" }
+func (i ids) quote(uuid string) string { return i.booking() + "/order-quotes/" + uuid }
+func (i ids) order(uuid string) string { return i.booking() + "/orders/" + uuid }
 
 // parseSession reads a ScheduledSession @id into its resource and slot.
 func (i ids) parseSession(u string) (res, slot string, ok bool) {
@@ -138,7 +142,7 @@ func (h *Handler) seriesObj(r allot.Resource, full bool) obj {
 func (h *Handler) sessionObj(r allot.Resource, s allot.Slot, b allot.Bucket, embedded bool) obj {
 	o := obj{"@type": "ScheduledSession", "@id": h.ids.session(r.ID, s.ID), "identifier": r.ID + "/" + s.ID,
 		"startDate": dateTime(s.StartsAt), "endDate": dateTime(s.StartsAt.Add(time.Hour)), "duration": "PT1H",
-		"eventStatus": "https://schema.org/EventScheduled",
+		"eventStatus":             "https://schema.org/EventScheduled",
 		"maximumAttendeeCapacity": b.Capacity, "remainingAttendeeCapacity": b.Available()}
 	if embedded {
 		o["superEvent"] = h.seriesObj(r, false)
