@@ -264,11 +264,16 @@ func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange) (obj,
 func (h *Handler) slot(ctx context.Context, res allot.Resource, key string) (allot.Slot, allot.Bucket, error) {
 	for _, s := range res.Slots {
 		if s.ID == key {
-			bs, err := h.eng.Store().Buckets(ctx, res.ID, key, key+"\x00")
-			if err != nil || len(bs) == 0 {
-				return s, allot.Bucket{}, fmt.Errorf("openactive: slot %s/%s has no bucket: %v", res.ID, key, err)
+			bs, err := h.eng.Store().Buckets(ctx, res.ID, "", "")
+			if err != nil {
+				return s, allot.Bucket{}, err
 			}
-			return s, bs[0], nil
+			for _, b := range bs {
+				if b.Key == key {
+					return s, b, nil
+				}
+			}
+			return s, allot.Bucket{}, fmt.Errorf("openactive: slot %s/%s has no bucket", res.ID, key)
 		}
 	}
 	return allot.Slot{}, allot.Bucket{}, allot.Errorf(allot.CodeNotFound, "resource %q has no slot %q", res.ID, key)
