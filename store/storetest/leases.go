@@ -180,3 +180,73 @@ func (s suite) testOpportunityFeed(t *testing.T) {
 		prev = f[k]
 	}
 }
+
+// testOpportunityFeedRace pages the opportunity feed while writers lease
+// and release on their own sessions, each commit delayed at random: the
+// reader must end having seen every session at its last change (no delayed
+// commit skipped).
+func (s suite) testOpportunityFeedRace(t *testing.T) {
+	e := s.env(t)
+	slow := engine.New(delayed{e.store, 15 * time.Millisecond}, engine.Options{Batching: s.batching})
+	t.Cleanup(slow.Close)
+	const writers, perWriter = 6, 10
+	var wg sync.WaitGroup
+	for w := range writers {
+		res := fmt.Sprintf("class-%d", w)
+		e.session(res, 1000)
+		wg.Go(func() {
+			for i := range perWriter {
+				id := fmt.Sprintf("%s-lease-%d", res, i%2)
+				if _, err := slow.Lease(e.ctx, engine.LeaseInput{ID: id, Lines: spaces(res, 1+i%3), TTL: time.Minute}); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%4 == 3 {
+					if _, err := slow.ReleaseHold(e.ctx, id); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	seen := map[allot.BucketKey]int64{}
+	var after int64
+	read := func() int {
+		items, err := e.eng.OpportunityFeed(e.ctx, after, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range items {
+			if it.ChangeNo <= after {
+				t.Fatalf("change number %d after %d", it.ChangeNo, after)
+			}
+			after = it.ChangeNo
+			seen[allot.BucketKey{ResourceID: it.ResourceID, Key: it.Key}] = it.ChangeNo
+		}
+		return len(items)
+	}
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+			read()
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for read() > 0 {
+	}
+	all, err := e.eng.OpportunityFeed(e.ctx, 0, 1000)
+	e.must(err)
+	if len(all) != 2*writers {
+		t.Fatalf("%d opportunities in the feed, want %d", len(all), 2*writers)
+	}
+	for _, it := range all {
+		if k := (allot.BucketKey{ResourceID: it.ResourceID, Key: it.Key}); seen[k] != it.ChangeNo {
+			t.Fatalf("the reader saw %v last at %d; its last change is %d", k, seen[k], it.ChangeNo)
+		}
+	}
+}

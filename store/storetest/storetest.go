@@ -95,6 +95,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("Leases", s.testLeases)
 	t.Run("LeaseRace", s.testLeaseRace)
 	t.Run("OpportunityFeed", s.testOpportunityFeed)
+	t.Run("OpportunityFeedRace", s.testOpportunityFeedRace)
 }
 
 func ptr[T any](v T) *T { return &v }
