@@ -241,4 +241,7 @@ const (
 	EventAvailabilityUp  = "availability.restored"
 	// EventPaymentRefunded: the workflow gave an order's payment back.
 	EventPaymentRefunded = "payment.refunded"
+	// EventResourceRetired: a resource's opportunities leave the
+	// opportunity feeds (OpenActive: deleted items).
+	EventResourceRetired = "resource.retired"
 )

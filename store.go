@@ -78,6 +78,8 @@ type OpportunityChange struct {
 	Key        string
 	ChangeNo   int64
 	Modified   time.Time
+	// Deleted: the opportunity was retired; once deleted it stays so.
+	Deleted bool
 }
 
 // FeedItem is one order in the Orders feed, at its latest change.

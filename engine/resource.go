@@ -358,3 +358,22 @@ func (e *Engine) Availability(ctx context.Context, resourceID string, from, to *
 	}
 	return a, nil
 }
+
+// RetireOpportunities takes a slot resource's opportunities out of the
+// opportunity feeds: they are published as deleted from now on. Bookings
+// already made stand; the OpenActive test interface retires its test data
+// this way.
+func (e *Engine) RetireOpportunities(ctx context.Context, resourceID string) error {
+	res, err := e.GetResource(ctx, resourceID)
+	if err != nil {
+		return err
+	}
+	if res.Kind != allot.KindSlot {
+		return allot.Invalid("resource_id", "only slot resources are opportunities")
+	}
+	_, err = e.do(ctx, &op{shard: res.ID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		w.emit(e.event(allot.EventResourceRetired, res.ID, "", "", res))
+		return nil, nil
+	}})
+	return err
+}

@@ -50,7 +50,8 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 				return err
 			}
 			for _, k := range touched {
-				opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At}
+				del := ev.Type == allot.EventResourceRetired || opps[k].Deleted
+				opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At, Deleted: del}
 			}
 			data, err := orderOf(ev)
 			if err != nil {
@@ -115,7 +116,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 	var lines []allot.Line
 	var keys []string
 	switch ev.Type {
-	case allot.EventResourceCreated:
+	case allot.EventResourceCreated, allot.EventResourceRetired:
 		var res allot.Resource
 		if err := json.Unmarshal(ev.Payload, &res); err != nil {
 			return nil, fmt.Errorf("event %s: %w", ev.ID, err)

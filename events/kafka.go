@@ -23,7 +23,7 @@ const (
 // Topics says where an event goes.
 func Topics(ev allot.Event) []string {
 	switch ev.Type {
-	case allot.EventResourceCreated, allot.EventCapacityChanged, allot.EventAvailabilityLow, allot.EventAvailabilityUp:
+	case allot.EventResourceCreated, allot.EventCapacityChanged, allot.EventAvailabilityLow, allot.EventAvailabilityUp, allot.EventResourceRetired:
 		return []string{TopicResources}
 	case allot.EventHoldCreated, allot.EventHoldReleased, allot.EventHoldExpired:
 		return []string{TopicHolds}

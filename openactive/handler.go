@@ -73,9 +73,7 @@ func New(eng *engine.Engine, cfg Config, log *slog.Logger) *Handler {
 	h.mux.HandleFunc("GET /api/openbooking/orders-rpde", h.partner(h.ordersFeed))
 	if cfg.TestInterface {
 		h.mux.HandleFunc("POST /api/openbooking/test-interface/datasets/{dataset}/opportunities", h.createTestOpportunity)
-		h.mux.HandleFunc("DELETE /api/openbooking/test-interface/datasets/{dataset}", func(w nethttp.ResponseWriter, r *nethttp.Request) {
-			w.WriteHeader(nethttp.StatusNoContent) // the suite forgets what it harvested; nothing to undo here
-		})
+		h.mux.HandleFunc("DELETE /api/openbooking/test-interface/datasets/{dataset}", h.deleteTestData)
 		h.mux.HandleFunc("POST /api/openbooking/test-interface/actions", func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			h.write(w, 501, oaError("NotImplementedError", "no test actions are implemented", 501))
 		})
@@ -248,6 +246,13 @@ func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange) (obj,
 	res, err := h.eng.GetResource(ctx, c.ResourceID)
 	if err != nil {
 		return nil, err
+	}
+	if c.Deleted {
+		kind, id := "SessionSeries", res.ID
+		if c.Key != "" {
+			kind, id = "ScheduledSession", res.ID+"/"+c.Key
+		}
+		return obj{"state": "deleted", "kind": kind, "id": id, "modified": c.ChangeNo}, nil
 	}
 	if c.Key == "" {
 		return obj{"state": "updated", "kind": "SessionSeries", "id": res.ID, "modified": c.ChangeNo, "data": h.seriesObj(res, true)}, nil

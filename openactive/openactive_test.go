@@ -315,6 +315,22 @@ func TestPartnersAndOrdersFeed(t *testing.T) {
 	if got := o.feedCapacity(s); got != 10 {
 		t.Fatalf("capacity after the deletion: %d", got)
 	}
+	// The test interface's dataset deletion turns its sessions into
+	// deleted feed items.
+	if r := o.do("DELETE", "/api/openbooking/test-interface/datasets/uat-ci", ""); r.status != 204 {
+		t.Fatalf("delete dataset: %d %s", r.status, r.raw)
+	}
+	states := map[string]int{}
+	for _, it := range o.do("GET", "/feeds/scheduled-sessions", "").body["items"].([]any) {
+		m := it.(map[string]any)
+		if _, hasData := m["data"]; hasData == (m["state"] == "deleted") {
+			t.Fatalf("item %v", m)
+		}
+		states[m["state"].(string)]++
+	}
+	if states["deleted"] != 1 || states["updated"] != 0 {
+		t.Fatalf("after deleting the dataset: %v", states)
+	}
 	r := o.do("GET", "/openactive", "")
 	if r.status != 200 || !strings.Contains(string(r.raw), `"endpointUrl":"`+base+`/api/openbooking"`) {
 		t.Fatalf("dataset site: %d %s", r.status, r.raw)

@@ -41,7 +41,7 @@ func (h *Handler) createTestOpportunity(w nethttp.ResponseWriter, r *nethttp.Req
 		h.write(w, 400, oaError("InvalidAPIRequestError", fmt.Sprintf("cannot make a %s matching %q", req.Type, req.Criteria), 400))
 		return
 	}
-	id := "ti-" + newToken()[:12]
+	id := testPrefix + newToken()[:12]
 	in := engine.ResourceInput{ID: id, Name: "Test session " + strings.TrimPrefix(name, "TestOpportunity"), Kind: allot.KindSlot, Capacity: &c.spaces,
 		Slots: []engine.SlotInput{{ID: "s1", StartsAt: ptr(time.Now().UTC().Add(48 * time.Hour).Truncate(time.Hour))}}}
 	if !c.free {
@@ -57,3 +57,35 @@ func (h *Handler) createTestOpportunity(w nethttp.ResponseWriter, r *nethttp.Req
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// testPrefix marks the resources the test interface makes.
+const testPrefix = "ti-"
+
+// deleteTestData retires every opportunity the test interface made: they
+// leave the feeds as deleted items. (Orders made on them stand.)
+func (h *Handler) deleteTestData(w nethttp.ResponseWriter, r *nethttp.Request) {
+	ctx := r.Context()
+	retired := map[string]bool{}
+	for after := int64(0); ; {
+		chs, err := h.eng.OpportunityFeed(ctx, after, 1000)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		for _, c := range chs {
+			after = c.ChangeNo
+			if c.Key != "" || c.Deleted || retired[c.ResourceID] || !strings.HasPrefix(c.ResourceID, testPrefix) {
+				continue
+			}
+			if err := h.eng.RetireOpportunities(ctx, c.ResourceID); err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			retired[c.ResourceID] = true
+		}
+		if len(chs) < 1000 {
+			break
+		}
+	}
+	w.WriteHeader(nethttp.StatusNoContent)
+}

@@ -978,14 +978,15 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 			ids, nos, mods, states, data)
 	}
 	if len(opps) > 0 {
-		rs, ks, nos, mods := make([]string, len(opps)), make([]string, len(opps)), make([]int64, len(opps)), make([]time.Time, len(opps))
+		rs, ks, nos, mods, dels := make([]string, len(opps)), make([]string, len(opps)), make([]int64, len(opps)), make([]time.Time, len(opps)), make([]bool, len(opps))
 		for i, o := range opps {
-			rs[i], ks[i], nos[i], mods[i] = o.ResourceID, o.Key, o.ChangeNo, o.Modified
+			rs[i], ks[i], nos[i], mods[i], dels[i] = o.ResourceID, o.Key, o.ChangeNo, o.Modified, o.Deleted
 		}
-		t.queue(nil, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
-			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified`,
-			rs, ks, nos, mods)
+		t.queue(nil, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified, deleted)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::boolean[])
+			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified,
+				deleted = opportunity_feed.deleted OR excluded.deleted`,
+			rs, ks, nos, mods, dels)
 	}
 	first, last := changeNos[0], changeNos[0]
 	for _, c := range changeNos {

@@ -99,7 +99,7 @@ func (r errRow) Scan(...any) error { return r.err }
 func (e errBatch) Tx() pgx.Tx { return nil }
 
 func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int) ([]allot.OpportunityChange, error) {
-	rows, err := q.db.Query(ctx, `SELECT resource_id, bkey, change_no, modified FROM opportunity_feed WHERE change_no > $1 ORDER BY change_no LIMIT $2`, afterChange, limit)
+	rows, err := q.db.Query(ctx, `SELECT resource_id, bkey, change_no, modified, deleted FROM opportunity_feed WHERE change_no > $1 ORDER BY change_no LIMIT $2`, afterChange, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int)
 	var out []allot.OpportunityChange
 	for rows.Next() {
 		var o allot.OpportunityChange
-		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &o.Modified); err != nil {
+		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &o.Modified, &o.Deleted); err != nil {
 			return nil, err
 		}
 		o.Modified = o.Modified.UTC()

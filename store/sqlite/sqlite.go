@@ -815,9 +815,10 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 	}
 	for _, o := range opps {
 		last = max(last, o.ChangeNo)
-		if _, err := t.db.ExecContext(ctx, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified) VALUES (?, ?, ?, ?)
-			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified`,
-			o.ResourceID, o.Key, o.ChangeNo, micros(o.Modified)); err != nil {
+		if _, err := t.db.ExecContext(ctx, `INSERT INTO opportunity_feed (resource_id, bkey, change_no, modified, deleted) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (resource_id, bkey) DO UPDATE SET change_no = excluded.change_no, modified = excluded.modified,
+				deleted = opportunity_feed.deleted OR excluded.deleted`,
+			o.ResourceID, o.Key, o.ChangeNo, micros(o.Modified), o.Deleted); err != nil {
 			return err
 		}
 	}

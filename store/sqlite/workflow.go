@@ -34,7 +34,7 @@ func (t *tx) SQLTx() *sql.Tx { return t.db.(cached).tx }
 func (s *Store) DB() *sql.DB { return s.w }
 
 func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int) ([]allot.OpportunityChange, error) {
-	rows, err := q.db.QueryContext(ctx, `SELECT resource_id, bkey, change_no, modified FROM opportunity_feed WHERE change_no > ? ORDER BY change_no LIMIT ?`, afterChange, limit)
+	rows, err := q.db.QueryContext(ctx, `SELECT resource_id, bkey, change_no, modified, deleted FROM opportunity_feed WHERE change_no > ? ORDER BY change_no LIMIT ?`, afterChange, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func (q q) OpportunityChanges(ctx context.Context, afterChange int64, limit int)
 	for rows.Next() {
 		var o allot.OpportunityChange
 		var mod int64
-		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &mod); err != nil {
+		if err := rows.Scan(&o.ResourceID, &o.Key, &o.ChangeNo, &mod, &o.Deleted); err != nil {
 			return nil, err
 		}
 		o.Modified = fromMicros(mod)
