@@ -54,6 +54,8 @@ type op struct {
 type opResult struct {
 	v   any
 	err error
+	// stored: the op's response was stored with its Idempotency-Key.
+	stored bool
 }
 
 // wtx is a write transaction shared by a batch's requests: the locked
@@ -248,7 +250,7 @@ func (e *Engine) runBatch(ops []*op) {
 			if errors.Is(err, allot.ErrIdempotencyLost) {
 				r.err = allot.Errorf(allot.CodeIdempotencyInFlight, "another request with this Idempotency-Key took over; retry to get its response")
 			}
-		} else if o.idem != nil {
+		} else if o.idem != nil && r.stored {
 			o.idem.Completed = true
 		}
 		o.done <- r
@@ -284,12 +286,15 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 		if err != nil && allot.CodeOf(err) == "" {
 			return err
 		}
-		results[i] = opResult{v, err}
-		if o.idem != nil {
+		results[i] = opResult{v: v, err: err}
+		// An answer is stored with the write; not a retry (it is run again),
+		// nor, where the caller asks, a refusal (it may be corrected).
+		if o.idem != nil && err != errRetry && (err == nil || !o.idem.OnlyEffects) {
 			status, body := o.idem.Render(v, err)
 			if err := tx.CompleteIdempotencyKey(ctx, o.idem.Key, o.idem.Token, status, body); err != nil {
 				return err
 			}
+			results[i].stored = true
 		}
 	}
 	dirty := w.dirty()

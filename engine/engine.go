@@ -103,6 +103,9 @@ type Idem struct {
 	Render func(v any, err error) (int, []byte)
 	// Completed is set once the response is committed.
 	Completed bool
+	// OnlyEffects stores the response only when the write had an effect:
+	// a refused request leaves the key free for a corrected one.
+	OnlyEffects bool
 }
 
 type idemKey struct{}

@@ -78,6 +78,10 @@ func (e *Engine) ReleaseHold(ctx context.Context, id string) (allot.Hold, error)
 // releaseHold releases what is left of a hold's claims and moves an active
 // hold to status to (released, or expired for the sweeper).
 func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus) (allot.Hold, error) {
+	return retrying(func() (allot.Hold, error) { return e.releaseHoldOnce(ctx, id, to) })
+}
+
+func (e *Engine) releaseHoldOnce(ctx context.Context, id string, to allot.HoldStatus) (allot.Hold, error) {
 	h, err := e.GetHold(ctx, id)
 	if err != nil {
 		return h, err
@@ -98,10 +102,16 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 		case to == allot.HoldExpired && h.Status == allot.HoldActive && !expired:
 			return h, nil // not expired on this clock: leave it
 		}
-		if err := e.releaseClaims(ctx, w, id, func(b *allot.Bucket, q int) { b.Held -= q }); err != nil {
+		n, err := e.releaseClaimsCounted(ctx, w, id, func(b *allot.Bucket, q int) { b.Held -= q })
+		if err != nil {
 			return nil, err
 		}
 		if h.Status != allot.HoldActive {
+			if n > 0 {
+				// What an earlier expiry left (claims on buckets it had not
+				// locked) is given back now: a capacity change to publish.
+				w.emit(e.event(allot.EventHoldExpired, firstResource(h.Lines), "", id, h))
+			}
 			return h, nil
 		}
 		if expired {
@@ -127,18 +137,45 @@ func (e *Engine) releaseHold(ctx context.Context, id string, to allot.HoldStatus
 // releaseClaims applies change to the bucket of each of owner's claims and
 // deletes them (they no longer count).
 func (e *Engine) releaseClaims(ctx context.Context, w *wtx, owner string, change func(b *allot.Bucket, q int)) error {
+	_, err := e.releaseClaimsCounted(ctx, w, owner, change)
+	return err
+}
+
+// releaseClaimsCounted is releaseClaims, saying how many claims it released.
+// A claim on a bucket this transaction has not locked means the owner's
+// lines changed since they were read (a lease renewed with other items):
+// the operation is run again, reading them afresh.
+func (e *Engine) releaseClaimsCounted(ctx context.Context, w *wtx, owner string, change func(b *allot.Bucket, q int)) (int, error) {
 	claims, err := w.OwnerClaims(ctx, owner)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, c := range claims {
-		b, ok := w.lk[c.BucketKey]
-		if !ok {
-			return fmt.Errorf("%s claims bucket %v outside its lines", owner, c.BucketKey)
+		if _, ok := w.lk[c.BucketKey]; !ok {
+			return 0, errRetry
 		}
-		change(b, c.Quantity)
 	}
-	return w.DeleteClaims(ctx, claims)
+	for _, c := range claims {
+		change(w.lk[c.BucketKey], c.Quantity)
+	}
+	return len(claims), w.DeleteClaims(ctx, claims)
+}
+
+// errRetry is a refusal that changed nothing and asks its caller to run
+// the operation again: what it read before its transaction moved on.
+var errRetry = &allot.Error{Code: "engine-retry", Line: -1, Detail: "the data moved on while the request was prepared; run it again"}
+
+// retrying runs f again while it asks to (a bounded number of times).
+func retrying[T any](f func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := f()
+		if err != errRetry || i >= 20 {
+			if err == errRetry {
+				return v, fmt.Errorf("engine: gave up after %d tries against concurrent changes", i+1)
+			}
+			return v, err
+		}
+	}
 }
 
 func checkCustomer(id string) error {

@@ -44,6 +44,10 @@ type LeaseResult struct {
 // result says, line by line, how much was missing and why, and the
 // previous lease under the id, if any, stands.
 func (e *Engine) Lease(ctx context.Context, in LeaseInput) (LeaseResult, error) {
+	return retrying(func() (LeaseResult, error) { return e.lease(ctx, in) })
+}
+
+func (e *Engine) lease(ctx context.Context, in LeaseInput) (LeaseResult, error) {
 	if in.TTL == 0 {
 		in.TTL = DefaultHoldTTL
 	}
@@ -93,18 +97,19 @@ func (e *Engine) Lease(ctx context.Context, in LeaseInput) (LeaseResult, error) 
 		if exists && prev.Status == allot.HoldConverted {
 			return nil, allot.Errorf(allot.CodeHoldConverted, "lease %q is already booked as order %q", prev.ID, prev.OrderID)
 		}
+		// Expired holds never refuse: release them first (this lease's own,
+		// if it expired, among them: then it has no claims left to give).
+		if _, err := e.expireOn(ctx, w, d.keys); err != nil {
+			return nil, err
+		}
 		own, err := w.OwnerClaims(ctx, in.ID)
 		if err != nil {
 			return nil, err
 		}
 		for _, c := range own {
 			if _, ok := w.lk[c.BucketKey]; !ok {
-				return nil, fmt.Errorf("engine: lease %s changed while being renewed; retry", in.ID)
+				return nil, errRetry // renewed with other lines since it was read
 			}
-		}
-		// Expired holds never refuse: release them first.
-		if _, err := e.expireOn(ctx, w, d.keys); err != nil {
-			return nil, err
 		}
 		// Decide with this lease's own claims given back.
 		others := map[allot.BucketKey]allot.Bucket{}
@@ -188,4 +193,128 @@ func mergeSpecs(a, b []allot.BucketSpec) []allot.BucketSpec {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j].BucketKey) })
 	return out
+}
+
+// orderReplacing books in.Lines in place of the hold in.ReplacesHold, in
+// one transaction: the hold's claims are given back, the lines decided,
+// and the hold ends converted. A refusal changes neither.
+func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order, error) {
+	d, err := e.demandOf(ctx, e.store, in.Lines)
+	if err != nil {
+		return allot.Order{}, err
+	}
+	specs := d.specs()
+	old, err := e.store.GetHold(ctx, in.ReplacesHold)
+	switch {
+	case errors.Is(err, allot.ErrNotFound):
+	case err != nil:
+		return allot.Order{}, err
+	default:
+		od, err := e.demandOf(ctx, e.store, old.Lines)
+		if err != nil {
+			return allot.Order{}, err
+		}
+		specs = mergeSpecs(specs, od.specs())
+	}
+	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+	if err != nil {
+		return o, err
+	}
+	if err := e.channel(&o, in); err != nil {
+		return allot.Order{}, err
+	}
+	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
+		return allot.Order{}, err
+	}
+	v, err := e.do(ctx, &op{specs: specs, shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
+		if k, ok := w.need(d.keys); !ok {
+			i := d.line[k]
+			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
+				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+		}
+		prev, err := w.LockHold(ctx, in.ReplacesHold)
+		exists := err == nil
+		if err != nil && !errors.Is(err, allot.ErrNotFound) {
+			return nil, err
+		}
+		if exists && prev.Status == allot.HoldConverted {
+			return nil, allot.Errorf(allot.CodeHoldConverted, "hold %q is already booked as order %q", prev.ID, prev.OrderID)
+		}
+		if _, err := e.expireOn(ctx, w, d.keys); err != nil {
+			return nil, err
+		}
+		own, err := w.OwnerClaims(ctx, in.ReplacesHold)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range own {
+			if _, ok := w.lk[c.BucketKey]; !ok {
+				return nil, errRetry
+			}
+		}
+		// Decide with the hold's claims given back; on a refusal put them
+		// back as they were.
+		for _, c := range own {
+			w.lk[c.BucketKey].Held -= c.Quantity
+		}
+		if err := d.refusal(w.lk); err != nil {
+			for _, c := range own {
+				w.lk[c.BucketKey].Held += c.Quantity
+			}
+			return nil, err
+		}
+		if err := w.DeleteClaims(ctx, own); err != nil {
+			return nil, err
+		}
+		for k, q := range d.need {
+			w.lk[k].Booked += q
+		}
+		if err := w.AddClaims(ctx, d.claims(o.ID, allot.ClaimBooked)); err != nil {
+			return nil, err
+		}
+		if exists && prev.Status == allot.HoldActive {
+			if err := w.SetHoldStatus(ctx, prev.ID, allot.HoldConverted, o.ID); err != nil {
+				return nil, err
+			}
+			prev.Status, prev.OrderID = allot.HoldConverted, o.ID
+			// Its claims on lines the order does not have are free again.
+			w.emit(e.event(allot.EventHoldReleased, firstResource(prev.Lines), "", prev.ID, prev))
+		}
+		return o, e.insertOrder(ctx, w, o)
+	}})
+	if err != nil {
+		return allot.Order{}, err
+	}
+	return v.(allot.Order), nil
+}
+
+// sameLines reports whether two sets of lines ask for the same capacity.
+func sameLines(a, b []allot.Line) bool {
+	type key struct {
+		r, slot string
+		in, out string
+	}
+	k := func(l allot.Line) key {
+		x := key{r: l.ResourceID, slot: l.Slot}
+		if l.CheckIn != nil {
+			x.in = l.CheckIn.String()
+		}
+		if l.CheckOut != nil {
+			x.out = l.CheckOut.String()
+		}
+		return x
+	}
+	count := map[key]int{}
+	for _, l := range a {
+		count[k(l)] += l.Quantity
+	}
+	for _, l := range b {
+		count[k(l)] -= l.Quantity
+	}
+	for _, n := range count {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -22,6 +22,11 @@ type OrderInput struct {
 	// Prepaid says the channel took the payment (an OpenActive booking
 	// partner): the workflow skips the charge.
 	Prepaid bool
+	// ReplacesHold names a hold (an OpenActive lease) this order takes the
+	// place of: in the same transaction its claims are given back before
+	// the order's lines are decided, and it ends converted. A refusal
+	// leaves it as it was.
+	ReplacesHold string
 }
 
 // CreateOrder books capacity: it converts a hold's claims, or claims the
@@ -35,7 +40,9 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	case in.HoldID != "" && len(in.Lines) > 0:
 		return allot.Order{}, allot.Invalid("lines", "give either hold_id or lines, not both")
 	case in.HoldID != "":
-		return e.orderFromHold(ctx, in)
+		return retrying(func() (allot.Order, error) { return e.orderFromHold(ctx, in) })
+	case in.ReplacesHold != "":
+		return retrying(func() (allot.Order, error) { return e.orderReplacing(ctx, in) })
 	case len(in.Lines) == 0:
 		return allot.Order{}, allot.Invalid("lines", "give hold_id, or lines to book directly")
 	}
@@ -109,6 +116,9 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 		h, err := w.LockHold(ctx, in.HoldID)
 		if err != nil {
 			return nil, err
+		}
+		if !sameLines(h.Lines, d.lines) {
+			return nil, errRetry // renewed with other lines since it was read
 		}
 		switch {
 		case h.Status == allot.HoldConverted:
@@ -242,7 +252,7 @@ func (e *Engine) CancelOrder(ctx context.Context, id, cause string) (allot.Order
 // status that is not live releases the order's capacity in the same
 // transaction. Moving to the status it already has changes nothing.
 func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus, cause string) (allot.Order, error) {
-	return e.transition(ctx, id, "", to, cause)
+	return retrying(func() (allot.Order, error) { return e.transition(ctx, id, "", to, cause) })
 }
 
 // TransitionFrom moves an order from status from to status to: a workflow
@@ -250,7 +260,7 @@ func (e *Engine) Transition(ctx context.Context, id string, to allot.OrderStatus
 // already at to is returned unchanged (the step ran before); one in any
 // other status is refused with CodeInvalidTransition, and returned.
 func (e *Engine) TransitionFrom(ctx context.Context, id string, from, to allot.OrderStatus, cause string) (allot.Order, error) {
-	return e.transition(ctx, id, from, to, cause)
+	return retrying(func() (allot.Order, error) { return e.transition(ctx, id, from, to, cause) })
 }
 
 func (e *Engine) transition(ctx context.Context, id string, from, to allot.OrderStatus, cause string) (allot.Order, error) {

@@ -186,7 +186,11 @@ func (h *Handler) quote(c2 bool) nethttp.HandlerFunc {
 				return
 			}
 		}
-		res, err := h.eng.Lease(ctx, engine.LeaseInput{ID: orderID(partnerOf(ctx), uuid), Lines: lines(items), TTL: h.cfg.LeaseTTL})
+		if _, err := h.eng.Store().GetOrder(ctx, orderID(partnerOf(ctx), uuid)); err == nil {
+			h.write(w, 409, oaError("OrderAlreadyExistsError", "this UUID is already booked as an Order", 409))
+			return
+		}
+		res, err := h.eng.Lease(ctx, engine.LeaseInput{ID: leaseID(partnerOf(ctx), uuid), Lines: lines(items), TTL: h.cfg.LeaseTTL})
 		if allot.CodeOf(err) == allot.CodeHoldConverted {
 			h.write(w, 409, oaError("OrderAlreadyExistsError", "this UUID is already booked as an Order", 409))
 			return
@@ -218,7 +222,7 @@ func (h *Handler) quote(c2 bool) nethttp.HandlerFunc {
 
 // deleteQuote releases the lease; always a success.
 func (h *Handler) deleteQuote(w nethttp.ResponseWriter, r *nethttp.Request) {
-	_, err := h.eng.ReleaseHold(r.Context(), orderID(partnerOf(r.Context()), r.PathValue("uuid")))
+	_, err := h.eng.ReleaseHold(r.Context(), leaseID(partnerOf(r.Context()), r.PathValue("uuid")))
 	if err != nil && allot.CodeOf(err) == "" {
 		h.fail(w, r, err)
 		return
@@ -257,8 +261,25 @@ func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 		h.write(w, 409, oaError("OrderAlreadyExistsError", "an Order with this UUID was already made with another request", 409))
 		return
 	case rec != nil && !rec.Done:
-		w.Header().Set("Retry-After", "1")
-		h.write(w, 409, oaError("OrderAlreadyExistsError", "the first request for this Order is still in flight; retry", 409))
+		// The same request is running: wait for its answer a little.
+		for range 50 {
+			time.Sleep(100 * time.Millisecond)
+			if rec, err = store.ClaimIdempotencyKey(ctx, claim, time.Minute); err != nil || rec == nil || rec.Done {
+				break
+			}
+		}
+		switch {
+		case err != nil:
+			h.fail(w, r, err)
+		case rec == nil: // the first gave up (refused, or failed): this one runs
+			status, body := h.bookOnce(ctx, req, uuid, id, claim)
+			h.writeRaw(w, status, body)
+		case rec.Done:
+			h.writeRaw(w, rec.Status, rec.Body)
+		default:
+			w.Header().Set("Retry-After", "1")
+			h.write(w, 503, oaError("TemporarilyUnableToProduceOrderError", "the first request for this Order is still running; retry", 503))
+		}
 		return
 	case rec != nil:
 		h.writeRaw(w, rec.Status, rec.Body)
@@ -271,24 +292,19 @@ func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, claim allot.IdempotencyClaim) (int, []byte) {
 	store := h.eng.Store()
 	finish := func(status int, body obj) (int, []byte) {
-		b := mustJSON(body)
-		// Not stored with an effect (nothing was booked): store the answer
-		// now, or forget the claim when the failure was ours.
-		c := context.WithoutCancel(ctx)
-		if status >= 500 {
-			_ = store.ReleaseIdempotencyKey(c, claim.Key, claim.Token)
-		} else if err := store.Write(c, func(tx allot.Tx) error {
-			return tx.CompleteIdempotencyKey(c, claim.Key, claim.Token, status, b)
-		}); err != nil {
-			h.log.Error("storing an OpenActive response", "key", claim.Key, "err", err)
+		// Nothing was booked: the UUID stays free for a corrected (or,
+		// once capacity frees up, repeated) request.
+		if err := store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), claim.Key, claim.Token); err != nil {
+			h.log.Error("releasing an OpenActive order key", "key", claim.Key, "err", err)
 		}
-		return status, b
+		return status, mustJSON(body)
 	}
 	items, err := h.resolve(ctx, req)
 	if err != nil {
 		if de, ok := err.(*allot.Error); ok {
 			return finish(400, oaError("InvalidAPIRequestError", de.Detail, 400))
 		}
+		h.log.ErrorContext(ctx, "openactive booking failed", "order_id", id, "err", err)
 		return finish(500, oaError("InternalApplicationError", "the server failed; it is logged", 500))
 	}
 	for _, it := range items {
@@ -305,17 +321,12 @@ func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, cl
 	case t > 0 && (len(req.Payment) == 0 || string(req.Payment) == "null"):
 		return finish(400, oaError("MissingPaymentDetailsError", "the order costs "+strconv.FormatFloat(t, 'f', 2, 64)+" "+cur+"; send payment", 400))
 	}
-	in := engine.OrderInput{ID: id, Prepaid: true}
-	if hold, err := store.GetHold(ctx, id); err == nil && hold.Status == allot.HoldActive && sameLines(hold.Lines, lines(items)) {
-		in.HoldID = id
-	} else {
-		in.Lines = lines(items)
-	}
-	if in.HoldID == "" {
-		// A lease for other items gives way to the booking.
-		if _, err := h.eng.ReleaseHold(ctx, id); err != nil && allot.CodeOf(err) == "" {
-			return finish(500, oaError("InternalApplicationError", "the server failed; it is logged", 500))
-		}
+	// One transaction: the quote's lease (if any) is given back and the
+	// items booked, or neither.
+	in := engine.OrderInput{ID: id, Prepaid: true, Lines: lines(items), ReplacesHold: leaseID(partnerOf(ctx), uuid)}
+	leased := false
+	if hold, err := store.GetHold(ctx, in.ReplacesHold); err == nil && hold.Status == allot.HoldActive && hold.ExpiresAt.After(h.eng.Now()) {
+		leased = sameLines(hold.Lines, in.Lines)
 	}
 	body := h.envelope("Order", h.ids.order(uuid), req, true)
 	body["identifier"] = uuid
@@ -328,10 +339,10 @@ func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, cl
 			return h.bookingError(err)
 		}
 		// The capacity shown is what remained when the request came, less
-		// what it booked unless its lease already counted it.
+		// what it booked (a lease of the same items counted it already).
 		taken := map[allot.BucketKey]int{}
-		for _, l := range lines(items) {
-			if in.HoldID == "" {
+		if !leased {
+			for _, l := range lines(items) {
 				taken[allot.BucketKey{ResourceID: l.ResourceID, Key: l.Slot}]++
 			}
 		}
@@ -341,10 +352,13 @@ func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, cl
 		}, func(int) []obj { return nil }, h.ids.order(uuid))
 		return 201, mustJSON(b)
 	}
-	idem := &engine.Idem{Key: claim.Key, Token: claim.Token, Render: render}
+	idem := &engine.Idem{Key: claim.Key, Token: claim.Token, Render: render, OnlyEffects: true}
 	o, err := h.eng.CreateOrder(engine.WithIdem(ctx, idem), in)
 	status, out := render(o, err)
 	if !idem.Completed {
+		if status >= 500 {
+			h.log.ErrorContext(ctx, "openactive booking failed", "order_id", id, "err", err)
+		}
 		var m obj
 		_ = json.Unmarshal(out, &m)
 		return finish(status, m)
@@ -386,6 +400,12 @@ func sameLines(a, b []allot.Line) bool {
 func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
 	id := orderID(partnerOf(ctx), r.PathValue("uuid"))
+	_, lerr := h.eng.ReleaseHold(ctx, leaseID(partnerOf(ctx), r.PathValue("uuid")))
+	if lerr != nil && allot.CodeOf(lerr) == "" {
+		h.fail(w, r, lerr)
+		return
+	}
+	leaseFound := lerr == nil
 	_, err := h.eng.CancelOrder(ctx, id, "deleted by the booking partner")
 	switch allot.CodeOf(err) {
 	case "":
@@ -394,7 +414,7 @@ func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 			return
 		}
 	case allot.CodeNotFound:
-		if _, herr := h.eng.ReleaseHold(ctx, id); herr == nil {
+		if leaseFound {
 			w.WriteHeader(nethttp.StatusNoContent)
 			return
 		}

@@ -150,9 +150,15 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F-]{8,64}$`)
 
 func partnerOf(ctx context.Context) string { p, _ := ctx.Value(partnerKey{}).(string); return p }
 
-// orderID is Allot's id for a partner's Order (or lease) UUID: the partner
-// is part of it, so partners never see or touch each other's orders.
+// orderID is Allot's id for a partner's Order UUID, and leaseID for the
+// lease of its OrderQuote: the partner is part of both, so partners never
+// see or touch each other's; and they differ, because capacity claims are
+// kept by owner id.
 func orderID(partner, uuid string) string { return "oa." + partner + "." + strings.ToLower(uuid) }
+func leaseID(partner, uuid string) string { return "oaq." + partner + "." + strings.ToLower(uuid) }
+
+// ValidPartner reports whether a booking partner's name can be used.
+func ValidPartner(name string) bool { return partnerID.MatchString(name) }
 
 func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
 	feed := func(name, path string) obj {

@@ -279,7 +279,13 @@ func TestBooking(t *testing.T) {
 }
 
 func TestPartnersAndOrdersFeed(t *testing.T) {
-	o := newOA(t, stores()["sqlite"])
+	for name, open := range stores() {
+		t.Run(name, func(t *testing.T) { partnersAndOrdersFeed(t, open) })
+	}
+}
+
+func partnersAndOrdersFeed(t *testing.T, open func(t *testing.T) allot.Store) {
+	o := newOA(t, open)
 	s, off := o.opportunity("TestOpportunityBookableFree")
 	uuid := "cccccccc-0000-4000-8000-000000000001"
 	body := orderBody("Order", s, off, 1, `,"totalPaymentDue":{"@type":"PriceSpecification","price":0,"priceCurrency":"GBP"}`)
@@ -365,6 +371,58 @@ func TestLeaseRace(t *testing.T) {
 			}
 			if got := o.feedCapacity(s); got != 5-int(granted.Load()) {
 				t.Fatalf("feed shows %d after %d leased", got, granted.Load())
+			}
+		})
+	}
+}
+
+// TestBookingCorrections: a refused B leaves the UUID free and the lease
+// in place; a C2 after the booking is refused; deleting the quote of a
+// booked UUID does not touch the order.
+func TestBookingCorrections(t *testing.T) {
+	for name, open := range stores() {
+		t.Run(name, func(t *testing.T) {
+			o := newOA(t, open)
+			s, off := o.opportunity("TestOpportunityBookableFiveSpaces")
+			uuid := "eeeeeeee-0000-4000-8000-000000000001"
+			if r := o.do("PUT", "/api/openbooking/order-quotes/"+uuid, orderBody("OrderQuote", s, off, 2, "")); r.status != 200 {
+				t.Fatalf("C2: %d %s", r.status, r.raw)
+			}
+			pay := `,"payment":{"@type":"Payment","identifier":"p"}`
+			total := func(p int) string {
+				return fmt.Sprintf(`,"totalPaymentDue":{"@type":"PriceSpecification","price":%d,"priceCurrency":"GBP"}`, p)
+			}
+			// Too many items: refused, nothing booked, the lease stands.
+			if r := o.do("PUT", "/api/openbooking/orders/"+uuid, orderBody("Order", s, off, 6, total(60)+pay)); r.status != 409 {
+				t.Fatalf("B x6: %d %s", r.status, r.raw)
+			}
+			if got := o.feedCapacity(s); got != 3 {
+				t.Fatalf("after the refused B the feed shows %d, want 3 (the lease stands)", got)
+			}
+			// A wrong total, then the corrected request: booked.
+			if r := o.do("PUT", "/api/openbooking/orders/"+uuid, orderBody("Order", s, off, 3, total(10)+pay)); r.status != 400 {
+				t.Fatalf("B with a wrong total: %d %s", r.status, r.raw)
+			}
+			if r := o.do("PUT", "/api/openbooking/orders/"+uuid, orderBody("Order", s, off, 3, total(30)+pay)); r.status != 201 {
+				t.Fatalf("the corrected B: %d %s", r.status, r.raw)
+			}
+			if got := o.feedCapacity(s); got != 2 {
+				t.Fatalf("after booking 3 in place of a lease of 2 the feed shows %d, want 2", got)
+			}
+			if r := o.do("PUT", "/api/openbooking/order-quotes/"+uuid, orderBody("OrderQuote", s, off, 1, "")); r.status != 409 || r.body["@type"] != "OrderAlreadyExistsError" {
+				t.Fatalf("C2 after B: %d %s", r.status, r.raw)
+			}
+			if r := o.do("DELETE", "/api/openbooking/order-quotes/"+uuid, ""); r.status != 204 {
+				t.Fatalf("delete quote: %d", r.status)
+			}
+			if got := o.feedCapacity(s); got != 2 {
+				t.Fatalf("deleting the quote of a booked UUID changed the feed to %d", got)
+			}
+			if r := o.do("DELETE", "/api/openbooking/orders/"+uuid, ""); r.status != 204 {
+				t.Fatalf("delete order: %d", r.status)
+			}
+			if got := o.feedCapacity(s); got != 5 {
+				t.Fatalf("after deleting the order the feed shows %d, want 5", got)
 			}
 		})
 	}

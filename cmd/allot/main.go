@@ -167,7 +167,13 @@ func run(args []string, stderr io.Writer) int {
 	}()
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
 	var oaCfg *openactive.Config
-	if *oa.on {
+	for name := range oa.partners {
+		if !openactive.ValidPartner(name) {
+			fmt.Fprintf(stderr, "allot: --openactive-partner %q: a partner's name is 1-64 letters, digits or '-'\n", name)
+			return 2
+		}
+	}
+	if *oa.on || *oa.testInterface {
 		base := *oa.baseURL
 		if base == "" {
 			base = "http://" + *addr

@@ -29,9 +29,9 @@ type oaFlags struct {
 
 func openActiveFlags(fs *flag.FlagSet) *oaFlags {
 	f := &oaFlags{partners: keyValues{}}
-	f.on = fs.Bool("openactive", env("ALLOT_OPENACTIVE", "true") == "true", "serve the OpenActive Open Booking API (dataset site /openactive, feeds /feeds/..., booking /api/openbooking) (ALLOT_OPENACTIVE)")
+	f.on = fs.Bool("openactive", env("ALLOT_OPENACTIVE", "false") == "true", "serve the OpenActive Open Booking API: public feeds of every slot resource at /feeds/..., the dataset site /openactive, booking at /api/openbooking (ALLOT_OPENACTIVE=true)")
 	f.baseURL = fs.String("openactive-base-url", env("ALLOT_OPENACTIVE_BASE_URL", ""), "the URL clients reach this server at, for OpenActive @ids (default http://--addr)")
-	f.testInterface = fs.Bool("openactive-test-interface", false, "turn on the OpenActive test interface and the test suite's client-id header; never in production")
+	f.testInterface = fs.Bool("openactive-test-interface", false, "turn on the OpenActive test interface and the test suite's client-id header (implies --openactive); never in production")
 	fs.Var(f.partners, "openactive-partner", "NAME=API_KEY: an OpenActive booking partner and its key (Authorization: Bearer); repeatable")
 	return f
 }

@@ -88,6 +88,20 @@ func (s suite) testLeases(t *testing.T) {
 	if _, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "c", Lines: spaces("yoga", 1), TTL: time.Minute}); allot.CodeOf(err) != allot.CodeHoldConverted {
 		t.Fatalf("leasing a booked lease again: %v", err)
 	}
+	// A lease renewed after it expired, before any sweep, counts once.
+	e.session("pool", 2)
+	if r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "p", Lines: spaces("pool", 2), TTL: time.Minute}); err != nil || !r.Granted {
+		t.Fatalf("lease p: %+v %v", r, err)
+	}
+	e.clock.Advance(2 * time.Minute)
+	if r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "p", Lines: spaces("pool", 2), TTL: time.Minute}); err != nil || !r.Granted {
+		t.Fatalf("renewing the expired lease p: %+v %v", r, err)
+	}
+	e.wantBucket("pool", "s1", 2, 0, 0)
+	if r, _ := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "q", Lines: spaces("pool", 1), TTL: time.Minute}); r.Granted {
+		t.Fatal("a second lease was granted on a full session")
+	}
+	CheckInvariants(t, e.ctx, e.store, "pool")
 	// An expired lease never refuses.
 	e.clock.Advance(11 * time.Minute)
 	r := lease("e", 3)
@@ -97,6 +111,28 @@ func (s suite) testLeases(t *testing.T) {
 	e.wantBucket("yoga", "s1", 3, 2, 0)
 	CheckInvariants(t, e.ctx, e.store, "yoga")
 	_ = o
+
+	// An order in place of a lease: the lease's claims are given back and
+	// the order's decided in one transaction; a refusal keeps the lease.
+	e.session("gym", 5)
+	if r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "L", Lines: spaces("gym", 2), TTL: time.Minute}); err != nil || !r.Granted {
+		t.Fatalf("lease L: %+v %v", r, err)
+	}
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: spaces("gym", 6), ReplacesHold: "L"})
+	wantCode(t, err, allot.CodeInsufficientCapacity)
+	e.wantBucket("gym", "s1", 2, 0, 3)
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: spaces("gym", 4), ReplacesHold: "L"})
+	e.must(err)
+	e.wantBucket("gym", "s1", 0, 4, 1)
+	if h, _ := e.eng.GetHold(e.ctx, "L"); h.Status != allot.HoldConverted {
+		t.Fatalf("the replaced lease is %s", h.Status)
+	}
+	// The lease expiring and the sweeper running change nothing of the order.
+	e.clock.Advance(2 * time.Minute)
+	_, err = e.eng.Sweep(e.ctx, 100)
+	e.must(err)
+	e.wantBucket("gym", "s1", 0, 4, 1)
+	CheckInvariants(t, e.ctx, e.store, "gym")
 }
 
 // testLeaseRace races leases (new and renewed) for one session's last
@@ -126,8 +162,22 @@ func (s suite) testLeaseRace(t *testing.T) {
 			}
 		})
 	}
+	// One id renewed concurrently with alternating sessions: no failure,
+	// and it ends holding one of them.
+	e.session("class2", 7)
+	for i := range 20 {
+		wg.Go(func() {
+			res := "class"
+			if i%2 == 1 {
+				res = "class2"
+			}
+			if _, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "shared", Lines: spaces(res, 1), TTL: time.Minute}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 	wg.Wait()
-	CheckInvariants(t, e.ctx, e.store, "class")
+	CheckInvariants(t, e.ctx, e.store, "class", "class2")
 	b := e.bucket("class", "s1")
 	if b.Held > 7 || b.Held+b.Available != 7 {
 		t.Fatalf("bucket after the race: %+v", b)
