@@ -232,7 +232,11 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
 	var missed []string
 	err := s.write(ctx, func(t *sql.Tx) error {
-		return fn(&tx{q: q{db: cached{s: s, db: s.w, tx: t, missed: &missed}}})
+		b := &buffered{c: cached{s: s, db: s.w, tx: t, missed: &missed}}
+		if err := fn(&tx{q: q{db: b}, buf: b}); err != nil {
+			return err
+		}
+		return b.flush(ctx)
 	})
 	if len(missed) > 0 {
 		s.prepare(context.WithoutCancel(ctx), s.w, missed)
@@ -593,7 +597,10 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 
 // tx is one write transaction. SQLite has one writer, so the transaction
 // holds the database's write lock: every row it reads is locked.
-type tx struct{ q }
+type tx struct {
+	q
+	buf *buffered
+}
 
 var _ allot.Tx = (*tx)(nil)
 
@@ -668,9 +675,7 @@ func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
 
 func (t *tx) AddClaims(ctx context.Context, cs []allot.Claim) error {
 	for _, c := range cs {
-		if _, err := t.db.ExecContext(ctx, `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity) VALUES (?, ?, ?, ?, ?)`, c.OwnerID, c.ResourceID, c.Key, string(c.Kind), c.Quantity); err != nil {
-			return err
-		}
+		t.buf.add("claims", `INSERT INTO claims (owner_id, resource_id, bkey, kind, quantity) VALUES `, 5, c.OwnerID, c.ResourceID, c.Key, string(c.Kind), c.Quantity)
 	}
 	return nil
 }
@@ -708,9 +713,9 @@ func (t *tx) ExpiredHoldClaims(ctx context.Context, keys []allot.BucketKey, now 
 }
 
 func (t *tx) InsertHold(ctx context.Context, h allot.Hold) error {
-	_, err := t.db.ExecContext(ctx, `INSERT INTO holds (`+holdCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	t.buf.add("holds", `INSERT INTO holds (`+holdCols+`) VALUES `, 7,
 		h.ID, string(h.Status), h.CustomerID, micros(h.ExpiresAt), micros(h.CreatedAt), h.OrderID, rowcodec.Lines(h.Lines))
-	return err
+	return nil
 }
 
 func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, orderID string) error {
@@ -767,11 +772,11 @@ func (t *tx) SetOrderStatus(ctx context.Context, id string, tr allot.Transition)
 }
 
 func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
+	// Events keep their order: one table's rows are inserted in the order
+	// they were added, so seq follows it.
 	for _, e := range es {
-		if _, err := t.db.ExecContext(ctx, `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload)); err != nil {
-			return err
-		}
+		t.buf.add("events", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload) VALUES `, 7,
+			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload))
 	}
 	return nil
 }

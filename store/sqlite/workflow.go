@@ -27,7 +27,14 @@ func (t *tx) InsertCustomer(ctx context.Context, c allot.Customer) error {
 // SQLTx is the transaction under t, for a job queue that enqueues in it
 // (River's InsertTx), so that a step is scheduled exactly when the change
 // that calls for it commits.
-func (t *tx) SQLTx() *sql.Tx { return t.db.(cached).tx }
+func (t *tx) SQLTx() *sql.Tx {
+	// River's statements go straight to the transaction: what is buffered
+	// goes first.
+	if err := t.buf.flush(context.Background()); err != nil {
+		t.buf.c.tx.Rollback() // the write fails at its next statement
+	}
+	return t.buf.c.tx
+}
 
 // DB is the single writer connection pool: a job queue on the same file
 // must share it, because SQLite has one writer at a time.
