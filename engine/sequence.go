@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -115,6 +116,24 @@ func orderOf(ev allot.Event) ([]byte, error) {
 func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.Event) ([]allot.BucketKey, error) {
 	var lines []allot.Line
 	var keys []string
+	// Cheap tests first: the sequencer holds the write lock (on SQLite, the
+	// only one) while it reads every event of a hot run.
+	switch ev.Type {
+	case allot.EventHoldCreated, allot.EventHoldReleased, allot.EventHoldExpired, allot.EventOrderCreated, allot.EventOrderStatus:
+		if !bytes.Contains(ev.Payload, []byte(`"slot":"`)) {
+			return nil, nil // no line names a slot
+		}
+	case allot.EventCapacityChanged, allot.EventResourceCreated, allot.EventResourceRetired:
+		res, err := e.resource(ctx, r, ev.ResourceID)
+		if err != nil {
+			return nil, err
+		}
+		if res.Kind != allot.KindSlot {
+			return nil, nil
+		}
+	default:
+		return nil, nil
+	}
 	switch ev.Type {
 	case allot.EventResourceCreated, allot.EventResourceRetired:
 		var res allot.Resource
