@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot"
@@ -56,6 +57,8 @@ type Engine struct {
 	resources sync.Map // id -> allot.Resource; only immutable fields are used
 	metrics   metrics
 	wf        Workflow
+	// sequencing counts running background sequencers.
+	sequencing atomic.Int32
 
 	batch       *batcher
 	batchMu     sync.RWMutex

@@ -201,8 +201,23 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 }
 
 // RunSequencer numbers new events every interval until ctx ends.
+// While it runs, feed reads only read: a public feed polled by many
+// clients must not take the write lock (on SQLite, the only one) on each
+// request; what they show lags by at most interval.
 func (e *Engine) RunSequencer(ctx context.Context, interval time.Duration) {
+	e.sequencing.Add(1)
+	defer e.sequencing.Add(-1)
 	e.every(ctx, interval, "sequencing events", 1000, e.Sequence)
+}
+
+// catchUp numbers committed events for a feed read, unless a background
+// sequencer does it.
+func (e *Engine) catchUp(ctx context.Context) error {
+	if e.sequencing.Load() > 0 {
+		return nil
+	}
+	_, err := e.Sequence(ctx, 1000)
+	return err
 }
 
 // OrdersFeed numbers what has committed, then reads the feed after a
@@ -217,7 +232,7 @@ func (e *Engine) OrdersFeed(ctx context.Context, afterChange int64, limit int) (
 	if limit < 1 || limit > 1000 {
 		return nil, allot.Invalid("limit", "limit must be between 1 and 1000")
 	}
-	if _, err := e.Sequence(ctx, 1000); err != nil {
+	if err := e.catchUp(ctx); err != nil {
 		return nil, err
 	}
 	return e.store.FeedItems(ctx, afterChange, limit)
@@ -232,7 +247,7 @@ func (e *Engine) OpportunityFeed(ctx context.Context, afterChange int64, limit i
 	if limit < 1 || limit > 1000 {
 		return nil, allot.Invalid("limit", "limit must be between 1 and 1000")
 	}
-	if _, err := e.Sequence(ctx, 1000); err != nil {
+	if err := e.catchUp(ctx); err != nil {
 		return nil, err
 	}
 	return e.store.OpportunityChanges(ctx, afterChange, limit)
