@@ -232,6 +232,12 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
 				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
 		}
+		// An order id given by the channel may be taken already.
+		if _, err := w.LockOrder(ctx, o.ID); err == nil {
+			return nil, &allot.Error{Code: allot.CodeAlreadyExists, Field: "id", Line: -1, Detail: fmt.Sprintf("order %q already exists", o.ID)}
+		} else if !errors.Is(err, allot.ErrNotFound) {
+			return nil, err
+		}
 		prev, err := w.LockHold(ctx, in.ReplacesHold)
 		exists := err == nil
 		if err != nil && !errors.Is(err, allot.ErrNotFound) {
@@ -277,7 +283,10 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 				return nil, err
 			}
 			prev.Status, prev.OrderID = allot.HoldConverted, o.ID
-			// Its claims on lines the order does not have are free again.
+		}
+		if exists && (len(own) > 0 || prev.Status == allot.HoldConverted) {
+			// Its claims on lines the order does not have are free again:
+			// publish the change.
 			w.emit(e.event(allot.EventHoldReleased, firstResource(prev.Lines), "", prev.ID, prev))
 		}
 		return o, e.insertOrder(ctx, w, o)

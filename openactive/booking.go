@@ -263,8 +263,12 @@ func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 	case rec != nil && !rec.Done:
 		// The same request is running: wait for its answer a little.
 		for range 50 {
-			time.Sleep(100 * time.Millisecond)
-			if rec, err = store.ClaimIdempotencyKey(ctx, claim, time.Minute); err != nil || rec == nil || rec.Done {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if rec, err = store.ClaimIdempotencyKey(ctx, claim, time.Minute); err != nil || rec == nil || rec.Done || rec.Hash != claim.Hash {
 				break
 			}
 		}
@@ -274,6 +278,8 @@ func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 		case rec == nil: // the first gave up (refused, or failed): this one runs
 			status, body := h.bookOnce(ctx, req, uuid, id, claim)
 			h.writeRaw(w, status, body)
+		case rec.Hash != claim.Hash:
+			h.write(w, 409, oaError("OrderAlreadyExistsError", "an Order with this UUID was already made with another request", 409))
 		case rec.Done:
 			h.writeRaw(w, rec.Status, rec.Body)
 		default:

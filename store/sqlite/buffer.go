@@ -24,6 +24,9 @@ type buffered struct {
 	c     cached
 	order []*pending
 	byTbl map[string]*pending
+	// err is the first failed flush: the transaction's real failure, which
+	// Write returns whatever its caller made of the read that hit it.
+	err error
 }
 
 func (b *buffered) add(table, head string, cols int, row ...any) {
@@ -61,6 +64,9 @@ func (b *buffered) flush(ctx context.Context) error {
 				args = append(args, r...)
 			}
 			if _, err := b.c.ExecContext(ctx, query, args...); err != nil {
+				if b.err == nil {
+					b.err = err
+				}
 				return err
 			}
 			rows = rows[n:]

@@ -233,10 +233,14 @@ func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
 	var missed []string
 	err := s.write(ctx, func(t *sql.Tx) error {
 		b := &buffered{c: cached{s: s, db: s.w, tx: t, missed: &missed}}
-		if err := fn(&tx{q: q{db: b}, buf: b}); err != nil {
-			return err
+		err := fn(&tx{q: q{db: b}, buf: b})
+		if err == nil {
+			err = b.flush(ctx)
 		}
-		return b.flush(ctx)
+		if b.err != nil {
+			return b.err
+		}
+		return err
 	})
 	if len(missed) > 0 {
 		s.prepare(context.WithoutCancel(ctx), s.w, missed)

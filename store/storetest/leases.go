@@ -133,6 +133,37 @@ func (s suite) testLeases(t *testing.T) {
 	e.must(err)
 	e.wantBucket("gym", "s1", 0, 4, 1)
 	CheckInvariants(t, e.ctx, e.store, "gym")
+
+	// An order in place of an expired lease on other slots: those are
+	// free again, and re-published.
+	e.session("zen", 3)
+	if r, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "M", Lines: spaces("zen", 1), TTL: time.Minute}); err != nil || !r.Granted {
+		t.Fatalf("lease M: %+v %v", r, err)
+	}
+	e.clock.Advance(2 * time.Minute)
+	changeOf := func() int64 {
+		items, err := e.eng.OpportunityFeed(e.ctx, 0, 1000)
+		e.must(err)
+		for _, it := range items {
+			if it.ResourceID == "zen" && it.Key == "s1" {
+				return it.ChangeNo
+			}
+		}
+		t.Fatal("zen/s1 is not in the feed")
+		return 0
+	}
+	before := changeOf()
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{ID: "ord-x", Lines: spaces("gym", 1), ReplacesHold: "M"})
+	e.must(err)
+	e.wantBucket("zen", "s1", 0, 0, 3)
+	if after := changeOf(); after <= before {
+		t.Fatalf("zen/s1 was freed but not re-published (change %d, then %d)", before, after)
+	}
+	// A channel's order id is its own: a second order under it is refused.
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{ID: "ord-x", Lines: spaces("zen", 1), ReplacesHold: "none"})
+	wantCode(t, err, allot.CodeAlreadyExists)
+	e.wantBucket("zen", "s1", 0, 0, 3)
+	CheckInvariants(t, e.ctx, e.store, "gym", "zen")
 }
 
 // testLeaseRace races leases (new and renewed) for one session's last
