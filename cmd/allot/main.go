@@ -60,7 +60,8 @@ from create_booking (seed 000's seller proxy).
 The booking workflow (payment, seller, notification) is on by default with
 the built-in fake payment provider, auto-confirming sellers and notifications
 in the log; see allot serve -h for --payment-*, --seller-*, --smtp-* and
---notify-file, or --workflow=false to reserve orders at once.
+--notify-file, or --workflow=false to reserve orders at once. --openactive serves
+the OpenActive Open Booking API for slot resources (--openactive-partner NAME=KEY).
 Environment: ALLOT_ADDR, ALLOT_DB, ALLOT_ENGINE, ALLOT_LOG_LEVEL (debug|info|warn|error),
 ALLOT_NATS_URL, ALLOT_NATS_STREAM, ALLOT_NATS_SUBJECT, ALLOT_KAFKA_BROKERS,
 ALLOT_KAFKA_CONSUME_CREATE_BOOKING.
