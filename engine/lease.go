@@ -297,8 +297,8 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 	return v.(allot.Order), nil
 }
 
-// sameLines reports whether two sets of lines ask for the same capacity.
-func sameLines(a, b []allot.Line) bool {
+// SameLines reports whether two sets of lines ask for the same capacity.
+func SameLines(a, b []allot.Line) bool {
 	type key struct {
 		r, slot string
 		in, out string

@@ -117,7 +117,7 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 		if err != nil {
 			return nil, err
 		}
-		if !sameLines(h.Lines, d.lines) {
+		if !SameLines(h.Lines, d.lines) {
 			return nil, errRetry // renewed with other lines since it was read
 		}
 		switch {

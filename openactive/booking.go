@@ -332,7 +332,7 @@ func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, cl
 	in := engine.OrderInput{ID: id, Prepaid: true, Lines: lines(items), ReplacesHold: leaseID(partnerOf(ctx), uuid)}
 	leased := false
 	if hold, err := store.GetHold(ctx, in.ReplacesHold); err == nil && hold.Status == allot.HoldActive && hold.ExpiresAt.After(h.eng.Now()) {
-		leased = sameLines(hold.Lines, in.Lines)
+		leased = engine.SameLines(hold.Lines, in.Lines)
 	}
 	body := h.envelope("Order", h.ids.order(uuid), req, true)
 	body["identifier"] = uuid
@@ -383,22 +383,6 @@ func (h *Handler) bookingError(err error) (int, []byte) {
 		return 500, mustJSON(oaError("InternalApplicationError", "the server failed; it is logged", 500))
 	}
 	return 400, mustJSON(oaError("InvalidAPIRequestError", err.Error(), 400))
-}
-
-func sameLines(a, b []allot.Line) bool {
-	count := map[allot.Line]int{}
-	for _, l := range a {
-		count[allot.Line{ResourceID: l.ResourceID, Slot: l.Slot}] += l.Quantity
-	}
-	for _, l := range b {
-		count[allot.Line{ResourceID: l.ResourceID, Slot: l.Slot}] -= l.Quantity
-	}
-	for _, n := range count {
-		if n != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // deleteOrder cancels an order (a soft delete: the Orders feed shows it
