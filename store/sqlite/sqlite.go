@@ -42,6 +42,9 @@ type Store struct {
 	// about as much as running it, and the driver does not cache.
 	mu    sync.Mutex
 	stmts map[*sql.DB]map[string]*sql.Stmt
+
+	stopCheckpoints func()
+	checkpoints     sync.WaitGroup
 }
 
 // stmt returns query prepared on db, if it has been.
@@ -139,15 +142,17 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			return nil, fmt.Errorf("sqlite: creating %s: %w", dir, err)
 		}
 	}
-	dsn := func(txlock string) string {
+	dsn := func(txlock string, extra ...string) string {
 		v := url.Values{}
-		for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
+		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"}, extra...) {
 			v.Add("_pragma", p)
 		}
 		v.Set("_txlock", txlock)
 		return "file:" + path + "?" + v.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn("immediate"))
+	// The writer never checkpoints the WAL itself (a commit that did would
+	// stall its batch); a background loop does, passively.
+	w, err := sql.Open("sqlite", dsn("immediate", "wal_autocheckpoint(0)"))
 	if err != nil {
 		return nil, err
 	}
@@ -166,11 +171,44 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	cctx, stop := context.WithCancel(context.Background())
+	s.stopCheckpoints = stop
+	s.checkpoints.Go(func() { s.checkpointLoop(cctx) })
 	return s, nil
+}
+
+// walLimit is the WAL size (pages) past which a checkpoint may make
+// writers wait, so that the file cannot grow without bound.
+const walLimit = 20000
+
+// checkpointLoop copies the WAL back into the database every 200 ms without
+// blocking writers (PASSIVE), and with them (RESTART) only if the WAL has
+// grown past walLimit because passive ones could not finish.
+func (s *Store) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var busy, log, done int
+		if err := s.r.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done); err != nil {
+			continue
+		}
+		if log > walLimit && done < log {
+			_, _ = s.w.ExecContext(ctx, `PRAGMA wal_checkpoint(RESTART)`)
+		}
+	}
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
+	if s.stopCheckpoints != nil {
+		s.stopCheckpoints()
+		s.checkpoints.Wait()
+	}
 	s.mu.Lock()
 	for _, m := range s.stmts {
 		for _, st := range m {
