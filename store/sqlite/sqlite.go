@@ -839,15 +839,23 @@ func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
 
 func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem, opps []allot.OpportunityChange) error {
 	var last int64
-	for i := range seqs {
-		res, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = ? WHERE seq = ? AND change_no IS NULL`, changeNos[i], seqs[i])
+	// A run of consecutive seqs numbered consecutively (the usual case: one
+	// writer, committed in order) is one range UPDATE, not one per event.
+	for i := 0; i < len(seqs); {
+		j := i + 1
+		for j < len(seqs) && seqs[j] == seqs[j-1]+1 && changeNos[j] == changeNos[j-1]+1 {
+			j++
+		}
+		res, err := t.db.ExecContext(ctx, `UPDATE events SET change_no = seq + ? WHERE seq BETWEEN ? AND ? AND change_no IS NULL`,
+			changeNos[i]-seqs[i], seqs[i], seqs[j-1])
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return fmt.Errorf("sqlite: event %d was numbered by another sequencer", seqs[i])
+		if n, _ := res.RowsAffected(); n != int64(j-i) {
+			return fmt.Errorf("sqlite: events %d-%d were numbered by another sequencer", seqs[i], seqs[j-1])
 		}
-		last = max(last, changeNos[i])
+		last = max(last, changeNos[j-1])
+		i = j
 	}
 	for _, it := range items {
 		state := "updated"
