@@ -207,6 +207,7 @@ func (h *Handler) feed(series bool) nethttp.HandlerFunc {
 		}
 		var items []obj
 		cursor, last := after, after
+		resources := map[string]allot.Resource{} // read once per page
 		for len(items) == 0 {
 			chs, err := h.eng.OpportunityFeed(ctx, cursor, feedPage)
 			if err != nil {
@@ -218,7 +219,7 @@ func (h *Handler) feed(series bool) nethttp.HandlerFunc {
 				if (c.Key == "") != series {
 					continue
 				}
-				it, err := h.feedItem(ctx, c)
+				it, err := h.feedItem(ctx, c, resources)
 				if err != nil {
 					h.fail(w, r, err)
 					return
@@ -248,10 +249,14 @@ func (h *Handler) feed(series bool) nethttp.HandlerFunc {
 	}
 }
 
-func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange) (obj, error) {
-	res, err := h.eng.GetResource(ctx, c.ResourceID)
-	if err != nil {
-		return nil, err
+func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange, resources map[string]allot.Resource) (obj, error) {
+	res, ok := resources[c.ResourceID]
+	if !ok {
+		var err error
+		if res, err = h.eng.GetResource(ctx, c.ResourceID); err != nil {
+			return nil, err
+		}
+		resources[c.ResourceID] = res
 	}
 	if c.Deleted {
 		kind, id := "SessionSeries", res.ID
@@ -275,7 +280,8 @@ func (h *Handler) feedItem(ctx context.Context, c allot.OpportunityChange) (obj,
 func (h *Handler) slot(ctx context.Context, res allot.Resource, key string) (allot.Slot, allot.Bucket, error) {
 	for _, s := range res.Slots {
 		if s.ID == key {
-			bs, err := h.eng.Store().Buckets(ctx, res.ID, "", "")
+			// [key, key+"\x01"): only key itself (no key holds a NUL).
+			bs, err := h.eng.Store().Buckets(ctx, res.ID, key, key+"\x01")
 			if err != nil {
 				return s, allot.Bucket{}, err
 			}
