@@ -1,22 +1,17 @@
 package openactive_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/openactive"
-	"github.com/allot/allot/store/postgres"
-	"github.com/allot/allot/store/postgres/pgtest"
-	"github.com/allot/allot/store/sqlite"
+	"github.com/allot/allot/store/storetest"
 )
 
 const base = "http://booking.test"
@@ -26,27 +21,7 @@ type oa struct {
 	h *openactive.Handler
 }
 
-func stores() map[string]func(t *testing.T) allot.Store {
-	return map[string]func(t *testing.T) allot.Store{
-		"sqlite": func(t *testing.T) allot.Store {
-			s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-		"postgres": func(t *testing.T) allot.Store {
-			url := pgtest.URL(t)
-			s, err := postgres.Open(context.Background(), url, postgres.Options{Schema: pgtest.Schema(t, url)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
-func newOA(t *testing.T, open func(t *testing.T) allot.Store) *oa {
+func newOA(t *testing.T, open storetest.Opener) *oa {
 	s := open(t)
 	eng := engine.New(s, engine.Options{Batching: engine.Batching{Workers: 2}})
 	t.Cleanup(func() { eng.Close(); s.Close() })
@@ -156,7 +131,7 @@ func errorCounts(r reply) map[string]int {
 }
 
 func TestLeasing(t *testing.T) {
-	for name, open := range stores() {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			o := newOA(t, open)
 			s, off := o.opportunity("TestOpportunityBookableFiveSpaces")
@@ -214,7 +189,7 @@ func TestLeasing(t *testing.T) {
 }
 
 func TestBooking(t *testing.T) {
-	for name, open := range stores() {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			o := newOA(t, open)
 			free, freeOff := o.opportunity("TestOpportunityBookableFree")
@@ -279,12 +254,12 @@ func TestBooking(t *testing.T) {
 }
 
 func TestPartnersAndOrdersFeed(t *testing.T) {
-	for name, open := range stores() {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) { partnersAndOrdersFeed(t, open) })
 	}
 }
 
-func partnersAndOrdersFeed(t *testing.T, open func(t *testing.T) allot.Store) {
+func partnersAndOrdersFeed(t *testing.T, open storetest.Opener) {
 	o := newOA(t, open)
 	s, off := o.opportunity("TestOpportunityBookableFree")
 	uuid := "cccccccc-0000-4000-8000-000000000001"
@@ -346,7 +321,7 @@ func partnersAndOrdersFeed(t *testing.T, open func(t *testing.T) allot.Store) {
 // TestLeaseRace races C1s of many quotes for the last spaces: no more are
 // leased than exist, and the feed ends at exactly what is left.
 func TestLeaseRace(t *testing.T) {
-	for name, open := range stores() {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			o := newOA(t, open)
 			s, off := o.opportunity("TestOpportunityBookableFiveSpaces")
@@ -380,7 +355,7 @@ func TestLeaseRace(t *testing.T) {
 // in place; a C2 after the booking is refused; deleting the quote of a
 // booked UUID does not touch the order.
 func TestBookingCorrections(t *testing.T) {
-	for name, open := range stores() {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			o := newOA(t, open)
 			s, off := o.opportunity("TestOpportunityBookableFiveSpaces")

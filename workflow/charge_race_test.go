@@ -11,6 +11,7 @@ import (
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/payments"
+	"github.com/allot/allot/store/storetest"
 	"github.com/allot/allot/workflow"
 )
 
@@ -44,7 +45,7 @@ func (p *slowProvider) Refund(ctx context.Context, r allot.PaymentRequest) (allo
 }
 
 func TestCaptureAfterCancelIsRefunded(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			sp := &slowProvider{Fake: &payments.Fake{}, entered: make(chan struct{}), gate: make(chan struct{})}

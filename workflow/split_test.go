@@ -13,6 +13,7 @@ import (
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/payments"
+	"github.com/allot/allot/store/storetest"
 	"github.com/allot/allot/workflow"
 )
 
@@ -39,7 +40,7 @@ func (f *flaky) Schedule(ctx context.Context, tx allot.Tx, steps []allot.Step) e
 // requests one by one schedule each charge exactly once.
 func TestFailedBatchSchedulesOnce(t *testing.T) {
 	ctx := context.Background()
-	s := stores(t)["postgres"](t)
+	s := storetest.Stores()["postgres"](t)
 	pay := &payments.Fake{}
 	run, err := workflow.New(ctx, s, workflow.Config{Payments: map[string]allot.Payments{"fake": pay},
 		Sellers: &seller{answer: map[string]allot.SellerAnswer{}, calls: map[string]int{}}, Notifier: &notes{sent: map[string]int{}, to: map[string]string{}},

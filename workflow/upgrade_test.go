@@ -31,7 +31,7 @@ func TestOrdersBookedWithoutTheWorkflowStay(t *testing.T) {
 		t.Fatal(o.Status, err)
 	}
 	s.Close()
-	h := newHarness(t, func(t *testing.T) allot.Store {
+	h := newHarness(t, func(t testing.TB) allot.Store {
 		s, err := sqlite.Open(ctx, path)
 		if err != nil {
 			t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,9 +12,7 @@ import (
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/payments"
-	"github.com/allot/allot/store/postgres"
-	"github.com/allot/allot/store/postgres/pgtest"
-	"github.com/allot/allot/store/sqlite"
+	"github.com/allot/allot/store/storetest"
 	"github.com/allot/allot/workflow"
 )
 
@@ -93,27 +90,7 @@ func (r refundCounter) Refund(ctx context.Context, req allot.PaymentRequest) (al
 	return r.Fake.Refund(ctx, req)
 }
 
-func stores(t *testing.T) map[string]func(t *testing.T) allot.Store {
-	return map[string]func(t *testing.T) allot.Store{
-		"sqlite": func(t *testing.T) allot.Store {
-			s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-		"postgres": func(t *testing.T) allot.Store {
-			url := pgtest.URL(t)
-			s, err := postgres.Open(context.Background(), url, postgres.Options{Schema: pgtest.Schema(t, url)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
-func newHarness(t *testing.T, open func(t *testing.T) allot.Store, batched bool, tweak func(*workflow.Config)) *harness {
+func newHarness(t *testing.T, open storetest.Opener, batched bool, tweak func(*workflow.Config)) *harness {
 	t.Helper()
 	ctx := context.Background()
 	s := open(t)
@@ -284,7 +261,7 @@ func TestWorkflowPaths(t *testing.T) {
 			},
 			want: want{allot.OrderExpired, []allot.OrderStatus{A, allot.OrderExpired}, 0, 0, 0, 0}},
 	}
-	for name, open := range stores(t) {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, open, name == "postgres", nil)
 			for i, c := range cases {
@@ -354,7 +331,7 @@ func TestWorkflowPaths(t *testing.T) {
 }
 
 func TestUnknownCustomerRefusedBeforeHolding(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, open, false, nil)
 			h.resource(t, "r", 3, eur(100))
@@ -376,7 +353,7 @@ func TestUnknownCustomerRefusedBeforeHolding(t *testing.T) {
 // TestCallbacksRepeatedAndReordered applies a provider's answers as its
 // callbacks would arrive: repeated, racing, and out of order.
 func TestCallbacksRepeatedAndReordered(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			h := newHarness(t, open, name == "postgres", nil)
@@ -460,7 +437,7 @@ func TestCallbacksRepeatedAndReordered(t *testing.T) {
 }
 
 func TestDeadLetterAndRetry(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range storetest.Stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			h := newHarness(t, open, false, nil)
