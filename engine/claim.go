@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -120,13 +121,41 @@ func (d *demand) claims(owner string, kind allot.ClaimKind) []allot.Claim {
 // to exist.
 func (d *demand) op(apply func(ctx context.Context, w *wtx) (any, error)) *op {
 	return &op{specs: d.specs(), shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
-		if k, ok := w.need(d.keys); !ok {
-			i := d.line[k]
-			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
-				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+		if err := d.missing(w); err != nil {
+			return nil, err
 		}
 		return apply(ctx, w)
 	}}
+}
+
+// missing refuses d when one of its buckets is not locked in w: a slot
+// that does not exist.
+func (d *demand) missing(w *wtx) error {
+	if k, ok := w.need(d.keys); !ok {
+		i := d.line[k]
+		return &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
+			Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+	}
+	return nil
+}
+
+// withHold returns d's bucket specs merged with those of hold id, if it
+// exists, so that an operation that replaces the hold locks both, in the
+// one key order; and the hold as it was read.
+func (e *Engine) withHold(ctx context.Context, d *demand, id string) ([]allot.BucketSpec, *allot.Hold, error) {
+	specs := d.specs()
+	h, err := e.store.GetHold(ctx, id)
+	if errors.Is(err, allot.ErrNotFound) {
+		return specs, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	hd, err := e.demandOf(ctx, e.store, h.Lines)
+	if err != nil {
+		return nil, nil, err
+	}
+	return mergeSpecs(specs, hd.specs()), &h, nil
 }
 
 // refusal returns the capacity error for the first line (then bucket) that

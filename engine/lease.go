@@ -64,30 +64,19 @@ func (e *Engine) lease(ctx context.Context, in LeaseInput) (LeaseResult, error) 
 	if err != nil {
 		return LeaseResult{}, err
 	}
-	// The buckets of the lease this one replaces must be locked too, in
-	// the one key order.
-	specs := d.specs()
-	old, err := e.store.GetHold(ctx, in.ID)
-	switch {
-	case errors.Is(err, allot.ErrNotFound):
-	case err != nil:
+	// The buckets of the lease this one replaces must be locked too.
+	specs, old, err := e.withHold(ctx, d, in.ID)
+	if err != nil {
 		return LeaseResult{}, err
-	case old.Status == allot.HoldConverted:
+	}
+	if old != nil && old.Status == allot.HoldConverted {
 		return LeaseResult{}, allot.Errorf(allot.CodeHoldConverted, "lease %q is already booked as order %q", old.ID, old.OrderID)
-	default:
-		od, err := e.demandOf(ctx, e.store, old.Lines)
-		if err != nil {
-			return LeaseResult{}, err
-		}
-		specs = mergeSpecs(specs, od.specs())
 	}
 	now := e.now()
 	h := allot.Hold{ID: in.ID, Status: allot.HoldActive, CustomerID: in.CustomerID, ExpiresAt: now.Add(in.TTL), CreatedAt: now, Lines: in.Lines}
 	v, err := e.do(ctx, &op{specs: specs, shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
-		if k, ok := w.need(d.keys); !ok {
-			i := d.line[k]
-			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
-				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+		if err := d.missing(w); err != nil {
+			return nil, err
 		}
 		prev, err := w.LockHold(ctx, in.ID)
 		exists := err == nil
@@ -203,18 +192,9 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 	if err != nil {
 		return allot.Order{}, err
 	}
-	specs := d.specs()
-	old, err := e.store.GetHold(ctx, in.ReplacesHold)
-	switch {
-	case errors.Is(err, allot.ErrNotFound):
-	case err != nil:
+	specs, _, err := e.withHold(ctx, d, in.ReplacesHold)
+	if err != nil {
 		return allot.Order{}, err
-	default:
-		od, err := e.demandOf(ctx, e.store, old.Lines)
-		if err != nil {
-			return allot.Order{}, err
-		}
-		specs = mergeSpecs(specs, od.specs())
 	}
 	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
 	if err != nil {
@@ -227,10 +207,8 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, &op{specs: specs, shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
-		if k, ok := w.need(d.keys); !ok {
-			i := d.line[k]
-			return nil, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].slot", i), Line: i,
-				Detail: fmt.Sprintf("resource %q has no slot %q", k.ResourceID, k.Key)}
+		if err := d.missing(w); err != nil {
+			return nil, err
 		}
 		// An order id given by the channel may be taken already.
 		if _, err := w.LockOrder(ctx, o.ID); err == nil {
