@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	nethttp "net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -178,6 +179,9 @@ func run(args []string, stderr io.Writer) int {
 		base := *oa.baseURL
 		if base == "" {
 			base = "http://" + *addr
+		} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+			fmt.Fprintf(stderr, "allot: --openactive-base-url %q must be an http(s) URL without a query\n", base)
+			return 2
 		}
 		partners := map[string]string{}
 		for name, key := range oa.partners {

@@ -179,6 +179,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"serve", "--step-timeout", "2m"}, 2, "--step-rescue-after must exceed --step-timeout"},
 		{[]string{"fake-provider", "--callback", "http://127.0.0.1:1/cb"}, 2, "--callback needs --secret"},
 		{[]string{"serve", "--openactive-partner", "my.app=k"}, 2, "a partner's name is 1-64"},
+		{[]string{"serve", "--openactive", "--openactive-base-url", "booking.example.com"}, 2, "must be an http(s) URL"},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprint(c.args), func(t *testing.T) {
