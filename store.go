@@ -100,6 +100,14 @@ type OrderFilter struct {
 	Limit      int
 }
 
+// SerialWriter is a Store that runs one write transaction at a time (the
+// embedded SQLite store): its transactions commit in the order they write,
+// so one may number its own events (give them change numbers) before it
+// commits.
+type SerialWriter interface {
+	SerialWrites()
+}
+
 // BucketSpec asks for one bucket to be locked; if it has no row yet it is
 // created with DefaultCapacity (nightly buckets are made on first use).
 // Create false means a missing row is reported, not made.

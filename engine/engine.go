@@ -59,6 +59,9 @@ type Engine struct {
 	wf        Workflow
 	// sequencing counts running background sequencers.
 	sequencing atomic.Int32
+	// serial: the store runs one write transaction at a time, so each batch
+	// numbers its own events (sequenceIn).
+	serial bool
 
 	batch       *batcher
 	batchMu     sync.RWMutex
@@ -83,6 +86,7 @@ func New(s allot.Store, o Options) *Engine {
 		o.Workflow.SellerTimeout = DefaultSellerTimeout
 	}
 	e := &Engine{store: s, now: func() time.Time { return o.Now().UTC().Truncate(time.Microsecond) }, log: o.Logger, wf: o.Workflow}
+	_, e.serial = s.(allot.SerialWriter)
 	if o.Batching.Workers > 0 {
 		e.startBatcher(o.Batching)
 	}

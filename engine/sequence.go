@@ -26,8 +26,22 @@ import (
 // write their events after taking them.
 func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 	n := 0
-	err := e.store.Write(ctx, func(tx allot.Tx) error {
-		n = 0
+	err := e.store.Write(ctx, func(tx allot.Tx) (err error) {
+		n, err = e.sequenceIn(ctx, tx, limit)
+		return err
+	})
+	return n, err
+}
+
+// sequenceIn numbers up to limit unsequenced events in tx. On a store whose
+// writers run one at a time (SQLite) every batch numbers its own events
+// this way before it commits: commit order is then write order, so no
+// late commit can be skipped, and no separate sequencing transaction
+// holds the only write lock for a backlog's worth of events while every
+// batch waits.
+func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, error) {
+	n := 0
+	err := func() error {
 		ok, err := tx.LockSequencer(ctx)
 		if err != nil || !ok {
 			return err
@@ -48,7 +62,7 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 			seqs[i], nos[i] = ev.Seq, last+int64(i)+1
 			touched, err := e.opportunitiesOf(ctx, tx, ev)
 			if err != nil {
-				return err
+				return unreadable{err}
 			}
 			for _, k := range touched {
 				del := ev.Type == allot.EventResourceRetired || opps[k].Deleted
@@ -56,7 +70,7 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 			}
 			data, err := orderOf(ev)
 			if err != nil {
-				return err
+				return unreadable{err}
 			}
 			if data == nil {
 				continue
@@ -88,9 +102,15 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 			changes[j].ChangeNo = last + int64(len(evs)+j) + 1
 		}
 		return tx.Sequence(ctx, seqs, nos, items, changes)
-	})
+	}()
 	return n, err
 }
+
+// unreadable is an event the sequencer cannot read; it is found before
+// anything is written.
+type unreadable struct{ error }
+
+func (u unreadable) Unwrap() error { return u.error }
 
 // orderOf extracts the order an order event describes, or nil for events
 // about something else.

@@ -894,3 +894,6 @@ func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, stat
 	}
 	return nil
 }
+
+// SerialWrites: SQLite has one writer at a time.
+func (s *Store) SerialWrites() {}
