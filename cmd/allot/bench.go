@@ -75,6 +75,7 @@ func runBench(args []string, stderr io.Writer) int {
 	requests := fs.Int("requests", 0, "stop after this many requests (flash-sale: the buyers; default 10 x capacity)")
 	capacity := fs.Int("capacity", 100, "flash-sale: units on sale")
 	rooms := fs.Int("rooms", 1000, "hotel: room types")
+	warmup := fs.Duration("warmup", 2*time.Second, "run the load this long before measuring (not with --requests)")
 	rate := fs.Float64("rate", 0, "pace all clients together to this many requests per second (0: as fast as answered)")
 	compare := fs.Bool("compare", false, "with --db: also measure the naive engine, the HTTP ceiling and pgbench")
 	out := fs.String("out", "bench-results", "directory for the JSON report, the SVG chart and CPU profiles")
@@ -90,8 +91,8 @@ func runBench(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "allot bench: --compare needs --db (it starts its own servers)")
 		return 2
 	}
-	if *clients < 1 || *duration <= 0 || *capacity < 1 || *rooms < 1 || *requests < 0 || *rate < 0 {
-		fmt.Fprintln(stderr, "allot bench: --clients, --capacity and --rooms must be at least 1, --duration positive, --rate and --requests not negative")
+	if *clients < 1 || *duration <= 0 || *capacity < 1 || *rooms < 1 || *requests < 0 || *rate < 0 || *warmup < 0 {
+		fmt.Fprintln(stderr, "allot bench: --clients, --capacity and --rooms must be at least 1, --duration positive, --rate, --requests and --warmup not negative")
 		return 2
 	}
 	if *workload == "flash-sale" && *requests == 0 {
@@ -105,7 +106,7 @@ func runBench(args []string, stderr io.Writer) int {
 	defer stop()
 	stamp := time.Now().UTC().Format("20060102-150405")
 	cfg := bench.Config{Workload: *workload, Clients: *clients, Duration: *duration, Requests: *requests,
-		Capacity: *capacity, Rooms: *rooms, Rate: *rate, Prefix: "b" + stamp + "-", Progress: stderr}
+		Capacity: *capacity, Rooms: *rooms, Rate: *rate, Warmup: *warmup, Prefix: "b" + stamp + "-", Progress: stderr}
 	file := benchFile{Date: time.Now().UTC().Format(time.RFC3339), Command: "allot bench " + strings.Join(args, " "),
 		Machine:  fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
 		Workload: *workload, DB: redact(*db), Passed: true}
