@@ -43,6 +43,10 @@ type Options struct {
 	Schema string
 	// MaxConns bounds the pool; pgxpool's default when zero.
 	MaxConns int32
+
+	// migrateUpTo, in tests, stops migrating after the named migration, to
+	// build a database as an older version left it.
+	migrateUpTo string
 }
 
 // Open connects to url and migrates the schema.
@@ -71,7 +75,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	s := &Store{q: q{db: pool}, pool: pool}
-	if err := s.migrate(ctx, o.Schema); err != nil {
+	if err := s.migrate(ctx, o.Schema, o.migrateUpTo); err != nil {
 		pool.Close()
 		return nil, err
 	}
@@ -84,7 +88,7 @@ func (s *Store) Close() error { s.pool.Close(); return nil }
 // migrate applies the embedded migrations not yet applied, in one
 // transaction under an advisory lock, so that nodes starting together
 // migrate once.
-func (s *Store) migrate(ctx context.Context, schema string) error {
+func (s *Store) migrate(ctx context.Context, schema, upTo string) error {
 	names, err := migrations.ReadDir("migrations")
 	if err != nil {
 		return err
@@ -99,6 +103,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 			return err
 		}
 		for _, n := range names {
+			if upTo != "" && n.Name() > upTo {
+				break
+			}
 			var one int
 			err := tx.QueryRow(ctx, `SELECT 1 FROM schema_migrations WHERE version = $1`, n.Name()).Scan(&one)
 			if err == nil {
@@ -374,7 +381,8 @@ func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error)
 }
 
 func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	return q.events(ctx, `SELECT seq, COALESCE(change_no, 0), id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+	return q.events(ctx, `SELECT e.seq, COALESCE(c.change_no, 0), e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+		FROM events e LEFT JOIN event_changes c ON c.seq = e.seq WHERE e.seq > $1 ORDER BY e.seq LIMIT $2`, after, limit)
 }
 
 func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event, error) {
@@ -397,7 +405,8 @@ func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event
 }
 
 func (q q) EventsAfterChange(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	return q.events(ctx, `SELECT seq, change_no, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no > $1 ORDER BY change_no LIMIT $2`, after, limit)
+	return q.events(ctx, `SELECT e.seq, c.change_no, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+		FROM event_changes c JOIN events e ON e.seq = c.seq WHERE c.change_no > $1 ORDER BY c.change_no LIMIT $2`, after, limit)
 }
 
 func (q q) Cursor(ctx context.Context, name string) (int64, error) {
@@ -644,9 +653,11 @@ type eventRows struct {
 }
 
 func (r *eventRows) statement() (string, []any) {
-	return `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
+	// Each new event also waits in events_pending for its change number.
+	return `WITH ins AS (INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
 		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
-		WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
+		WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n RETURNING seq)
+		INSERT INTO events_pending (seq) SELECT seq FROM ins`,
 		[]any{r.ids, r.types, r.rs, r.os, r.hs, r.ats, r.payloads}
 }
 
@@ -941,7 +952,8 @@ func (t *tx) LockSequencer(ctx context.Context) (bool, error) {
 }
 
 func (t *tx) UnsequencedEvents(ctx context.Context, limit int) ([]allot.Event, error) {
-	return t.events(ctx, `SELECT seq, 0::bigint, id, type, resource_id, order_id, hold_id, at, payload FROM events WHERE change_no IS NULL ORDER BY seq LIMIT $1`, limit)
+	return t.events(ctx, `SELECT e.seq, 0::bigint, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+		FROM events_pending p JOIN events e ON e.seq = p.seq ORDER BY p.seq LIMIT $1`, limit)
 }
 
 func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
@@ -962,7 +974,8 @@ func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allo
 			return errSequenceRace
 		}
 		return nil
-	}, `UPDATE events e SET change_no = v.c FROM unnest($1::bigint[], $2::bigint[]) AS v(s, c) WHERE e.seq = v.s AND e.change_no IS NULL`, seqs, changeNos)
+	}, `DELETE FROM events_pending WHERE seq = ANY($1::bigint[])`, seqs)
+	t.queue(nil, `INSERT INTO event_changes (change_no, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])`, changeNos, seqs)
 	if len(items) > 0 {
 		ids, states, data := make([]string, len(items)), make([]string, len(items)), make([]string, len(items))
 		nos, mods := make([]int64, len(items)), make([]time.Time, len(items))

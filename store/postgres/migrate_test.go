@@ -1,0 +1,69 @@
+package postgres
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/allot/allot"
+	"github.com/allot/allot/store/postgres/pgtest"
+)
+
+// 0008 moves change numbers out of the events table: an event a reader
+// has seen keeps its number, and one not yet numbered is still waiting.
+func TestMigrationKeepsChangeNumbers(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	old, err := Open(ctx, url, Options{Schema: schema, migrateUpTo: "0007_opportunity_deleted.sql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	for _, ev := range []struct {
+		id     string
+		change any
+	}{{"evt_a", 7}, {"evt_b", 8}, {"evt_c", nil}} {
+		if _, err := old.pool.Exec(ctx, `INSERT INTO events (id, type, at, payload, change_no) VALUES ($1, 'hold.created', $2, '{}', $3)`, ev.id, at, ev.change); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := old.pool.Exec(ctx, `UPDATE counters SET value = 8 WHERE name = 'change_no'`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	s, err := Open(ctx, url, Options{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	evs, err := s.EventsAfterChange(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].ID != "evt_a" || evs[0].ChangeNo != 7 || evs[1].ID != "evt_b" || evs[1].ChangeNo != 8 {
+		t.Fatalf("numbered events after the migration: %+v", evs)
+	}
+	var pending []string
+	err = s.Write(ctx, func(tx allot.Tx) error {
+		evs, err := tx.UnsequencedEvents(ctx, 10)
+		for _, e := range evs {
+			pending = append(pending, e.ID)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != 1 || pending[0] != "evt_c" {
+		t.Fatalf("events waiting for a number after the migration: %v, want [evt_c]", pending)
+	}
+	all, err := s.EventsAfter(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 3 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 {
+		t.Fatalf("events by seq after the migration: %+v", all)
+	}
+}
