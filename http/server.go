@@ -232,9 +232,16 @@ func (s *Server) handle(status int, h handler) nethttp.Handler {
 }
 
 func (s *Server) logInternal(r *nethttp.Request, err error) {
-	if err != nil && allot.CodeOf(err) == "" {
-		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	if err == nil || allot.CodeOf(err) != "" {
+		return
 	}
+	if r.Context().Err() != nil && errors.Is(err, r.Context().Err()) {
+		// The client went away (or its deadline passed): nothing failed
+		// here, and nobody is left to answer.
+		s.log.DebugContext(r.Context(), "request abandoned by the client", "method", r.Method, "path", r.URL.Path, "err", err)
+		return
+	}
+	s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 }
 
 func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key string, h handler, rend func(any, error) (int, []byte)) {

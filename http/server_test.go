@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	nethttp "net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -545,4 +546,31 @@ func TestWebhookEndpoints(t *testing.T) {
 	a.mustDo(404, "GET", "/v1/webhooks/"+id, "")
 	a.mustDo(404, "DELETE", "/v1/webhooks/"+id, "")
 	a.mustDo(404, "GET", "/v1/webhooks/"+id+"/deliveries", "")
+}
+
+// A request its client abandoned is not a server failure: it is not logged
+// as an error.
+func TestAbandonedRequestIsNotAnError(t *testing.T) {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := engine.New(s, engine.Options{Batching: engine.Batching{Workers: 2}})
+	t.Cleanup(func() { eng.Close(); s.Close() })
+	var logs bytes.Buffer
+	h := allothttp.New(eng, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	a := &api{t: t, h: h, store: s}
+	a.seed()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, path := range []string{"/v1/resources/book/availability", "/v1/orders?customer_id=c1"} {
+		req := httptest.NewRequest("GET", path, nil).WithContext(ctx)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	if strings.Contains(logs.String(), `"level":"ERROR"`) {
+		t.Fatalf("an abandoned request was logged as an error:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "request abandoned by the client") {
+		t.Fatalf("the abandoned requests were not logged at all:\n%s", logs.String())
+	}
 }
