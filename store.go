@@ -108,6 +108,14 @@ type SerialWriter interface {
 	SerialWrites()
 }
 
+// Savepointer is a Tx that can undo part of itself.
+type Savepointer interface {
+	// Savepoint runs fn. If fn fails, everything fn wrote is undone, fn's
+	// error is returned as failed, and the transaction goes on; err is set
+	// only when the transaction itself can no longer be used.
+	Savepoint(ctx context.Context, fn func() error) (failed, err error)
+}
+
 // BucketSpec asks for one bucket to be locked; if it has no row yet it is
 // created with DefaultCapacity (nightly buckets are made on first use).
 // Create false means a missing row is reported, not made.

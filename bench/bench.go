@@ -38,32 +38,38 @@ type Config struct {
 	// server opens connections and fills caches in its first second, which
 	// a server that has been up does not repeat. Ignored with Requests (a
 	// flash sale's buyers all count).
-	Warmup   time.Duration
-	Prefix   string
-	Progress io.Writer
+	Warmup time.Duration
+	// Measuring, if set, is called once, when measuring starts (after the
+	// warm-up): the caller may snapshot the server's counters then.
+	Measuring func()
+	Prefix    string
+	Progress  io.Writer
 }
 
 // Report is what a run measured.
 type Report struct {
-	Workload    string   `json:"workload"`
-	Target      string   `json:"target"`
-	Engine      string   `json:"engine,omitempty"`
-	Clients     int      `json:"clients"`
-	Warmup      float64  `json:"warmup_seconds,omitempty"`
-	Seconds     float64  `json:"seconds"`
-	Requests    int64    `json:"requests"`
-	OK          int64    `json:"ok"`
-	Refused     int64    `json:"refused"`
-	Errors      int64    `json:"errors"`
-	RequestsPS  float64  `json:"requests_per_second"`
-	OKPS        float64  `json:"ok_per_second"`
-	Latency     Latency  `json:"latency_ms"`
-	Series      []Second `json:"series"`
-	Rate        float64  `json:"target_rate,omitempty"`
-	Won         int64    `json:"won,omitempty"`
-	Capacity    int      `json:"capacity,omitempty"`
-	Resources   []string `json:"-"`
-	FirstErrors []string `json:"first_errors,omitempty"`
+	Workload string  `json:"workload"`
+	Target   string  `json:"target"`
+	Engine   string  `json:"engine,omitempty"`
+	Clients  int     `json:"clients"`
+	Warmup   float64 `json:"warmup_seconds,omitempty"`
+	Seconds  float64 `json:"seconds"`
+	Requests int64   `json:"requests"`
+	OK       int64   `json:"ok"`
+	Refused  int64   `json:"refused"`
+	Errors   int64   `json:"errors"`
+	// WarmupErrors failed during the warm-up: not in Requests or Errors,
+	// but never hidden.
+	WarmupErrors int64    `json:"warmup_errors,omitempty"`
+	RequestsPS   float64  `json:"requests_per_second"`
+	OKPS         float64  `json:"ok_per_second"`
+	Latency      Latency  `json:"latency_ms"`
+	Series       []Second `json:"series"`
+	Rate         float64  `json:"target_rate,omitempty"`
+	Won          int64    `json:"won,omitempty"`
+	Capacity     int      `json:"capacity,omitempty"`
+	Resources    []string `json:"-"`
+	FirstErrors  []string `json:"first_errors,omitempty"`
 }
 
 // Latency percentiles, in milliseconds.
@@ -342,10 +348,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Warmup = warmup.Seconds()
 	runCtx, cancel := context.WithTimeout(ctx, warmup+cfg.Duration)
 	defer cancel()
-	var issued, nOK, nRefused, nFailed atomic.Int64
+	var issued, nOK, nRefused, nFailed, nWarmFailed atomic.Int64
 	var errMu sync.Mutex
 	start := time.Now()
 	measured := start.Add(warmup) // samples before this are the warm-up's
+	if cfg.Measuring != nil {
+		t := time.AfterFunc(warmup, cfg.Measuring)
+		defer t.Stop()
+	}
 	samples := make([][]sample, cfg.Clients)
 	var wg sync.WaitGroup
 	for i := range cfg.Clients {
@@ -380,7 +390,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					return // cut off by the end of the run, not a server error
 				}
 				if t0.Before(measured) {
-					if out == failed && nFailed.Add(1) <= 5 {
+					if out == failed && nWarmFailed.Add(1) <= 5 {
 						errMu.Lock()
 						rep.FirstErrors = append(rep.FirstErrors, "warm-up: "+err.Error())
 						errMu.Unlock()
@@ -423,8 +433,9 @@ progress:
 			last = n
 		}
 	}
-	elapsed := time.Since(measured)
+	elapsed := max(time.Since(measured), time.Millisecond) // stopped in the warm-up: nothing measured
 	rep.Seconds = elapsed.Seconds()
+	rep.WarmupErrors = nWarmFailed.Load()
 	rep.OK, rep.Refused, rep.Errors = nOK.Load(), nRefused.Load(), nFailed.Load()
 	rep.Requests = rep.OK + rep.Refused + rep.Errors
 	rep.RequestsPS = float64(rep.Requests) / rep.Seconds

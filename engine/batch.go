@@ -306,15 +306,8 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 		return err
 	}
 	if e.serial && len(w.events) > 0 {
-		// A backlog (events written before an upgrade) is left to the
-		// background sequencer, a little at a time, not to this batch.
-		// An event it cannot read fails the sequencer, not the bookings.
-		if _, err := e.sequenceIn(ctx, tx, len(w.events)+64); err != nil {
-			var u unreadable
-			if !errors.As(err, &u) {
-				return err
-			}
-			e.log.Error("numbering a batch's events", "err", err)
+		if err := e.numberOwnEvents(ctx, tx, len(w.events)); err != nil {
+			return err
 		}
 	}
 	if len(w.steps) > 0 && e.wf.Scheduler != nil {

@@ -62,6 +62,9 @@ type Engine struct {
 	// serial: the store runs one write transaction at a time, so each batch
 	// numbers its own events (sequenceIn).
 	serial bool
+	// sequenceWarned is when a batch last logged that it could not number
+	// its events (unix ns): once in 10 s is enough.
+	sequenceWarned atomic.Int64
 
 	batch       *batcher
 	batchMu     sync.RWMutex
@@ -155,6 +158,20 @@ func (e *Engine) resource(ctx context.Context, r allot.Reader, id string) (allot
 	res.Slots = nil // slots and their capacity change; never serve them from cache
 	e.resources.Store(id, res)
 	return res, nil
+}
+
+// resourceNoCache is resource for a reader inside a transaction that may
+// still roll back (the resource may be its own insert): it uses the cache
+// but never fills it.
+func (e *Engine) resourceNoCache(ctx context.Context, r allot.Reader, id string) (allot.Resource, error) {
+	if v, ok := e.resources.Load(id); ok {
+		return v.(allot.Resource), nil
+	}
+	res, err := r.GetResource(ctx, id)
+	if errors.Is(err, allot.ErrNotFound) {
+		return res, allot.Errorf(allot.CodeNotFound, "resource %q does not exist", id)
+	}
+	return res, err
 }
 
 // event builds an outbox event with a JSON payload.

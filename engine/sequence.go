@@ -33,6 +33,33 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 	return n, err
 }
 
+// numberOwnEvents numbers, on a serial store, the events a batch has just
+// written (n of them), in the batch's transaction. It must never cost the
+// bookings: if numbering fails, what it wrote is undone and the events are
+// left to the background sequencer, which reports the failure; so is a
+// backlog (events written before an upgrade), a little at a time.
+func (e *Engine) numberOwnEvents(ctx context.Context, tx allot.Tx, n int) error {
+	sp, ok := tx.(allot.Savepointer)
+	if !ok {
+		_, err := e.sequenceIn(ctx, tx, n+64)
+		return err
+	}
+	failed, err := sp.Savepoint(ctx, func() error {
+		_, err := e.sequenceIn(ctx, tx, n+64)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if failed != nil {
+		now := time.Now().UnixNano()
+		if last := e.sequenceWarned.Load(); now-last > int64(10*time.Second) && e.sequenceWarned.CompareAndSwap(last, now) {
+			e.log.Warn("a batch could not number its events; the background sequencer will", "err", failed)
+		}
+	}
+	return nil
+}
+
 // sequenceIn numbers up to limit unsequenced events in tx. On a store whose
 // writers run one at a time (SQLite) every batch numbers its own events
 // this way before it commits: commit order is then write order, so no
@@ -62,7 +89,7 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 			seqs[i], nos[i] = ev.Seq, last+int64(i)+1
 			touched, err := e.opportunitiesOf(ctx, tx, ev)
 			if err != nil {
-				return unreadable{err}
+				return err
 			}
 			for _, k := range touched {
 				del := ev.Type == allot.EventResourceRetired || opps[k].Deleted
@@ -70,7 +97,7 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 			}
 			data, err := orderOf(ev)
 			if err != nil {
-				return unreadable{err}
+				return err
 			}
 			if data == nil {
 				continue
@@ -106,12 +133,6 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 	return n, err
 }
 
-// unreadable is an event the sequencer cannot read; it is found before
-// anything is written.
-type unreadable struct{ error }
-
-func (u unreadable) Unwrap() error { return u.error }
-
 // orderOf extracts the order an order event describes, or nil for events
 // about something else.
 func orderOf(ev allot.Event) ([]byte, error) {
@@ -144,7 +165,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 			return nil, nil // no line names a slot
 		}
 	case allot.EventCapacityChanged, allot.EventResourceCreated, allot.EventResourceRetired:
-		res, err := e.resource(ctx, r, ev.ResourceID)
+		res, err := e.resourceNoCache(ctx, r, ev.ResourceID)
 		if err != nil {
 			return nil, err
 		}
@@ -209,7 +230,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 	// Only slot resources are opportunities.
 	kept := out[:0]
 	for _, k := range out {
-		res, err := e.resource(ctx, r, k.ResourceID)
+		res, err := e.resourceNoCache(ctx, r, k.ResourceID)
 		if err != nil {
 			return nil, err
 		}

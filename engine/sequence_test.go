@@ -2,10 +2,13 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/allot/allot"
+	"github.com/allot/allot/store/sqlite"
 )
 
 // On SQLite (one writer at a time) every batch numbers its own events
@@ -56,5 +59,79 @@ func TestSerialStoreBatchesNumberTheirEvents(t *testing.T) {
 		if len(byChange) != len(all) {
 			t.Fatalf("workers=%d: %d events by change number, %d by seq", workers, len(byChange), len(all))
 		}
+	}
+}
+
+// Numbering in the batch must never cost the bookings: when it fails, what
+// it wrote is undone, the hold still commits, and the background sequencer
+// numbers the event later.
+func TestFailedInlineNumberingKeepsTheBooking(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEngine(t, Batching{Workers: 1})
+	db := e.store.(*sqlite.Store).DB()
+	before, err := e.store.EventsAfterChange(ctx, 0, 1000)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("%d events numbered before, err %v", len(before), err)
+	}
+	last := before[len(before)-1].ChangeNo
+	// The counter's update is the sequencer's last statement: the events'
+	// numbers are written before it fails.
+	if _, err := db.ExecContext(ctx, `CREATE TRIGGER refuse_numbering BEFORE UPDATE ON counters WHEN NEW.name = 'change_no'
+		BEGIN SELECT RAISE(ABORT, 'test: numbering refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.CreateHold(ctx, HoldInput{Lines: []allot.Line{{ResourceID: "s", Quantity: 1}}})
+	if err != nil {
+		t.Fatalf("the hold failed with its batch's numbering: %v", err)
+	}
+	if _, err := e.store.GetHold(ctx, h.ID); err != nil {
+		t.Fatalf("the hold did not commit: %v", err)
+	}
+	all, err := e.store.EventsAfter(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := all[len(all)-1]; ev.HoldID != h.ID || ev.ChangeNo != 0 {
+		t.Fatalf("the hold's event %+v: want it written and its number undone", ev)
+	}
+	if _, err := db.ExecContext(ctx, `DROP TRIGGER refuse_numbering`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Sequence(ctx, 100); err != nil || n != 1 {
+		t.Fatalf("the background sequencer numbered %d events, err %v; want 1", n, err)
+	}
+	after, err := e.store.EventsAfterChange(ctx, last, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 1 || after[0].HoldID != h.ID || after[0].ChangeNo != last+1 {
+		t.Fatalf("after the sequencer: %+v, want the hold's event numbered %d", after, last+1)
+	}
+}
+
+// Numbering reads the resources its events name inside a transaction that
+// may still roll back; what it reads there must not outlive a rollback in
+// the engine's resource cache.
+func TestNumberingCachesNoUncommittedResource(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEngine(t, Batching{})
+	r := allot.Resource{ID: "ghost", Name: "g", Kind: allot.KindSlot, Capacity: 5, CreatedAt: e.now(),
+		Slots: []allot.Slot{{ID: "a", StartsAt: e.now().Add(time.Hour), Capacity: 5}}}
+	rollback := errors.New("roll back")
+	err := e.store.Write(ctx, func(tx allot.Tx) error {
+		if err := tx.InsertResource(ctx, r); err != nil {
+			return err
+		}
+		keys, err := e.opportunitiesOf(ctx, tx, e.event(allot.EventResourceCreated, r.ID, "", "", r))
+		if err != nil || len(keys) != 2 {
+			t.Errorf("opportunities of the new slot resource: %v, %v", keys, err)
+		}
+		return rollback
+	})
+	if !errors.Is(err, rollback) {
+		t.Fatal(err)
+	}
+	if _, cached := e.resources.Load("ghost"); cached {
+		t.Fatal("a resource whose transaction rolled back stayed in the cache")
 	}
 }

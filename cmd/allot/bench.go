@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -261,14 +263,23 @@ func benchServer(ctx context.Context, stderr io.Writer, cfg bench.Config, db, mo
 	}
 	fmt.Fprintf(stderr, "%s engine on %s (%s)\n", mode, redact(dbURL), base)
 	cfg.Target = base
+	var before *engine.Stats
+	var mu sync.Mutex
+	cfg.Measuring = func() {
+		st := serverStats(base)
+		mu.Lock()
+		before = st
+		mu.Unlock()
+	}
 	if run.Report, err = bench.Run(ctx, cfg); err != nil {
 		return run, nil, err
 	}
 	run.Report.Engine = mode
-	if res, err := nethttp.Get(base + "/v1/stats"); err == nil {
-		run.Stats, _ = io.ReadAll(res.Body)
-		res.Body.Close()
+	mu.Lock()
+	if after := serverStats(base); after != nil {
+		run.Stats, _ = json.Marshal(statsSince(before, *after))
 	}
+	mu.Unlock()
 	var hrun *benchRun
 	if health {
 		hcfg := cfg
@@ -299,6 +310,39 @@ func benchServer(ctx context.Context, stderr io.Writer, cfg bench.Config, db, mo
 	}
 	run.Audit = &a
 	return run, hrun, nil
+}
+
+// serverStats reads a server's write-path counters, or nil.
+func serverStats(base string) *engine.Stats {
+	res, err := nethttp.Get(base + "/v1/stats")
+	if err != nil {
+		return nil
+	}
+	defer res.Body.Close()
+	var st engine.Stats
+	if res.StatusCode != nethttp.StatusOK || json.NewDecoder(res.Body).Decode(&st) != nil {
+		return nil
+	}
+	return &st
+}
+
+// statsSince is what the counters did between two snapshots: the measured
+// part of a run, without its warm-up. The longest batch cannot be split:
+// it stays the longest since the server started.
+func statsSince(before *engine.Stats, after engine.Stats) engine.Stats {
+	if before == nil {
+		return after
+	}
+	d := engine.Stats{Batches: after.Batches - before.Batches, Ops: after.Ops - before.Ops,
+		FailedBatches: after.FailedBatches - before.FailedBatches, MaxBatchMs: after.MaxBatchMs, BatchesOverMs: map[string]int64{}}
+	if d.Batches > 0 {
+		d.MeanBatchSize = float64(d.Ops) / float64(d.Batches)
+		d.MeanBatchMs = (after.MeanBatchMs*float64(after.Batches) - before.MeanBatchMs*float64(before.Batches)) / float64(d.Batches)
+	}
+	for k, v := range after.BatchesOverMs {
+		d.BatchesOverMs[k] = v - before.BatchesOverMs[k]
+	}
+	return d
 }
 
 func freeAddrString() (string, error) {
@@ -373,7 +417,7 @@ func printSummary(w io.Writer, f benchFile) {
 			fmt.Fprintf(w, "%-30s won %d of %d units (%d buyers)\n", "", r.Report.Won, r.Report.Capacity, r.Report.Requests)
 		}
 		if len(r.Stats) > 0 {
-			fmt.Fprintf(w, "%-30s server: %s", "", r.Stats)
+			fmt.Fprintf(w, "%-30s server: %s\n", "", bytes.TrimSpace(r.Stats))
 		}
 		if r.Report.Errors > 0 {
 			fmt.Fprintf(w, "%-30s %d errors, first: %v\n", "", r.Report.Errors, r.Report.FirstErrors)

@@ -10,7 +10,8 @@ import (
 )
 
 // 0008 moves change numbers out of the events table: an event a reader
-// has seen keeps its number, and one not yet numbered is still waiting.
+// has seen keeps its number, one not yet numbered is still waiting, and
+// one written the old way afterwards waits too.
 func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
@@ -45,6 +46,11 @@ func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	if len(evs) != 2 || evs[0].ID != "evt_a" || evs[0].ChangeNo != 7 || evs[1].ID != "evt_b" || evs[1].ChangeNo != 8 {
 		t.Fatalf("numbered events after the migration: %+v", evs)
 	}
+	// A node still running the previous version writes an event as it
+	// did, without queueing it: the trigger does.
+	if _, err := s.pool.Exec(ctx, `INSERT INTO events (id, type, at, payload) VALUES ('evt_d', 'hold.created', $1, '{}')`, at); err != nil {
+		t.Fatal(err)
+	}
 	var pending []string
 	err = s.Write(ctx, func(tx allot.Tx) error {
 		evs, err := tx.UnsequencedEvents(ctx, 10)
@@ -56,14 +62,14 @@ func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pending) != 1 || pending[0] != "evt_c" {
-		t.Fatalf("events waiting for a number after the migration: %v, want [evt_c]", pending)
+	if len(pending) != 2 || pending[0] != "evt_c" || pending[1] != "evt_d" {
+		t.Fatalf("events waiting for a number after the migration: %v, want [evt_c evt_d]", pending)
 	}
 	all, err := s.EventsAfter(ctx, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 3 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 {
+	if len(all) != 4 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 || all[3].ChangeNo != 0 {
 		t.Fatalf("events by seq after the migration: %+v", all)
 	}
 }

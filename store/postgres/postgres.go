@@ -381,8 +381,10 @@ func (q q) Claims(ctx context.Context, resourceID string) ([]allot.Claim, error)
 }
 
 func (q q) EventsAfter(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	return q.events(ctx, `SELECT e.seq, COALESCE(c.change_no, 0), e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
-		FROM events e LEFT JOIN event_changes c ON c.seq = e.seq WHERE e.seq > $1 ORDER BY e.seq LIMIT $2`, after, limit)
+	// A lookup per row by event_changes' unique seq: a join here may read
+	// event_changes from its start.
+	return q.events(ctx, `SELECT e.seq, COALESCE((SELECT c.change_no FROM event_changes c WHERE c.seq = e.seq), 0), e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+		FROM events e WHERE e.seq > $1 ORDER BY e.seq LIMIT $2`, after, limit)
 }
 
 func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event, error) {
@@ -653,11 +655,10 @@ type eventRows struct {
 }
 
 func (r *eventRows) statement() (string, []any) {
-	// Each new event also waits in events_pending for its change number.
-	return `WITH ins AS (INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
+	// A trigger queues each new event in events_pending for its number.
+	return `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload)
 		SELECT a, b, c, d, e, f, g FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
-		WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n RETURNING seq)
-		INSERT INTO events_pending (seq) SELECT seq FROM ins`,
+		WITH ORDINALITY AS v(a, b, c, d, e, f, g, n) ORDER BY n`,
 		[]any{r.ids, r.types, r.rs, r.os, r.hs, r.ats, r.payloads}
 }
 

@@ -897,3 +897,22 @@ func (t *tx) CompleteIdempotencyKey(ctx context.Context, key, token string, stat
 
 // SerialWrites: SQLite has one writer at a time.
 func (s *Store) SerialWrites() {}
+
+// Savepoint runs fn inside a SAVEPOINT and rolls back to it if fn fails.
+func (t *tx) Savepoint(ctx context.Context, fn func() error) (failed, err error) {
+	// The statement flushes what the transaction buffered before fn.
+	if _, err := t.db.ExecContext(ctx, `SAVEPOINT allot_part`); err != nil {
+		return nil, err
+	}
+	if failed = fn(); failed != nil {
+		// What fn buffered goes in before the rollback, so it is undone too.
+		if err := t.buf.flush(ctx); err != nil && t.buf.err == nil {
+			return failed, err
+		}
+		if _, err := t.db.ExecContext(ctx, `ROLLBACK TO allot_part`); err != nil {
+			return failed, err
+		}
+	}
+	_, err = t.db.ExecContext(ctx, `RELEASE allot_part`)
+	return failed, err
+}
