@@ -145,6 +145,17 @@ func NewID(prefix string) string {
 
 // resource returns a resource's immutable description, cached.
 func (e *Engine) resource(ctx context.Context, r allot.Reader, id string) (allot.Resource, error) {
+	return e.lookupResource(ctx, r, id, true)
+}
+
+// resourceNoCache is resource for a reader inside a transaction that may
+// still roll back (the resource may be its own insert): it uses the cache
+// but never fills it.
+func (e *Engine) resourceNoCache(ctx context.Context, r allot.Reader, id string) (allot.Resource, error) {
+	return e.lookupResource(ctx, r, id, false)
+}
+
+func (e *Engine) lookupResource(ctx context.Context, r allot.Reader, id string, fill bool) (allot.Resource, error) {
 	if v, ok := e.resources.Load(id); ok {
 		return v.(allot.Resource), nil
 	}
@@ -156,22 +167,10 @@ func (e *Engine) resource(ctx context.Context, r allot.Reader, id string) (allot
 		return res, err
 	}
 	res.Slots = nil // slots and their capacity change; never serve them from cache
-	e.resources.Store(id, res)
+	if fill {
+		e.resources.Store(id, res)
+	}
 	return res, nil
-}
-
-// resourceNoCache is resource for a reader inside a transaction that may
-// still roll back (the resource may be its own insert): it uses the cache
-// but never fills it.
-func (e *Engine) resourceNoCache(ctx context.Context, r allot.Reader, id string) (allot.Resource, error) {
-	if v, ok := e.resources.Load(id); ok {
-		return v.(allot.Resource), nil
-	}
-	res, err := r.GetResource(ctx, id)
-	if errors.Is(err, allot.ErrNotFound) {
-		return res, allot.Errorf(allot.CodeNotFound, "resource %q does not exist", id)
-	}
-	return res, err
 }
 
 // event builds an outbox event with a JSON payload.
