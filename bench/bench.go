@@ -352,7 +352,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var errMu sync.Mutex
 	start := time.Now()
 	measured := start.Add(warmup) // samples before this are the warm-up's
-	if cfg.Measuring != nil {
+	switch {
+	case cfg.Measuring == nil:
+	case warmup == 0:
+		cfg.Measuring() // before the first request
+	default:
 		t := time.AfterFunc(warmup, cfg.Measuring)
 		defer t.Stop()
 	}

@@ -283,7 +283,7 @@ func benchServer(ctx context.Context, stderr io.Writer, cfg bench.Config, db, mo
 	var hrun *benchRun
 	if health {
 		hcfg := cfg
-		hcfg.Workload, hcfg.Requests, hcfg.Rate = "health", 0, 0
+		hcfg.Workload, hcfg.Requests, hcfg.Rate, hcfg.Measuring = "health", 0, 0, nil
 		hr, err := bench.Run(ctx, hcfg)
 		if err != nil {
 			return run, nil, err

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/allot/allot"
 	"github.com/allot/allot/store/postgres/pgtest"
 )
@@ -51,6 +53,17 @@ func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	if _, err := s.pool.Exec(ctx, `INSERT INTO events (id, type, at, payload) VALUES ('evt_d', 'hold.created', $1, '{}')`, at); err != nil {
 		t.Fatal(err)
 	}
+	// So does one written by a session whose search_path is elsewhere (an
+	// operator's script): the trigger finds this schema's queue.
+	other, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.Exec(ctx, `INSERT INTO `+pgx.Identifier{schema, "events"}.Sanitize()+` (id, type, at, payload) VALUES ('evt_e', 'hold.created', $1, '{}')`, at)
+	other.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var pending []string
 	err = s.Write(ctx, func(tx allot.Tx) error {
 		evs, err := tx.UnsequencedEvents(ctx, 10)
@@ -62,14 +75,14 @@ func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pending) != 2 || pending[0] != "evt_c" || pending[1] != "evt_d" {
-		t.Fatalf("events waiting for a number after the migration: %v, want [evt_c evt_d]", pending)
+	if len(pending) != 3 || pending[0] != "evt_c" || pending[1] != "evt_d" || pending[2] != "evt_e" {
+		t.Fatalf("events waiting for a number after the migration: %v, want [evt_c evt_d evt_e]", pending)
 	}
 	all, err := s.EventsAfter(ctx, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 4 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 || all[3].ChangeNo != 0 {
+	if len(all) != 5 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 || all[4].ChangeNo != 0 {
 		t.Fatalf("events by seq after the migration: %+v", all)
 	}
 }

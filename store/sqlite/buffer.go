@@ -76,6 +76,13 @@ func (b *buffered) flush(ctx context.Context) error {
 	return nil
 }
 
+// discard drops the rows not yet written.
+func (b *buffered) discard() {
+	for _, p := range b.order {
+		p.rows = p.rows[:0]
+	}
+}
+
 func (b *buffered) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if err := b.flush(ctx); err != nil {
 		return nil, err

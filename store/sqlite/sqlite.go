@@ -900,16 +900,18 @@ func (s *Store) SerialWrites() {}
 
 // Savepoint runs fn inside a SAVEPOINT and rolls back to it if fn fails.
 func (t *tx) Savepoint(ctx context.Context, fn func() error) (failed, err error) {
-	// The statement flushes what the transaction buffered before fn.
+	// The statement flushes what the transaction buffered before fn, so
+	// that none of it is inside the savepoint.
 	if _, err := t.db.ExecContext(ctx, `SAVEPOINT allot_part`); err != nil {
 		return nil, err
 	}
+	before := t.buf.err
 	if failed = fn(); failed != nil {
-		// What fn buffered goes in before the rollback, so it is undone too.
-		if err := t.buf.flush(ctx); err != nil && t.buf.err == nil {
-			return failed, err
-		}
-		if _, err := t.db.ExecContext(ctx, `ROLLBACK TO allot_part`); err != nil {
+		// What fn buffered is dropped unwritten, and a write of fn's that
+		// failed is undone with the rest: the transaction goes on.
+		t.buf.discard()
+		t.buf.err = before
+		if _, err := t.buf.c.ExecContext(ctx, `ROLLBACK TO allot_part`); err != nil {
 			return failed, err
 		}
 	}

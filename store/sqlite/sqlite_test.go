@@ -88,3 +88,76 @@ func TestBackgroundCheckpoint(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A savepoint undoes exactly what its function wrote, buffered or not,
+// including a buffered write that failed; what came before it stays, and
+// the transaction commits.
+func TestSavepoint(t *testing.T) {
+	ctx := context.Background()
+	hold := func(id string) allot.Hold {
+		return allot.Hold{ID: id, Status: allot.HoldActive, ExpiresAt: time.Now().Add(time.Hour), CreatedAt: time.Now(),
+			Lines: []allot.Line{{ResourceID: "r", Quantity: 1}}}
+	}
+	for _, tc := range []struct {
+		name string
+		fn   func(tx allot.Tx) error
+		kept []string // holds that must exist after commit, besides "before"
+	}{
+		{"success keeps the function's writes", func(tx allot.Tx) error { return tx.InsertHold(ctx, hold("inside")) }, []string{"inside"}},
+		{"a refusal undoes a buffered write", func(tx allot.Tx) error {
+			if err := tx.InsertHold(ctx, hold("inside")); err != nil {
+				return err
+			}
+			return fmt.Errorf("refused")
+		}, nil},
+		{"a refusal undoes a written one", func(tx allot.Tx) error {
+			if err := tx.InsertHold(ctx, hold("inside")); err != nil {
+				return err
+			}
+			if _, err := tx.GetHold(ctx, "inside"); err != nil { // the read writes the buffer
+				return err
+			}
+			return fmt.Errorf("refused")
+		}, nil},
+		{"a failed buffered write is undone", func(tx allot.Tx) error {
+			if err := tx.InsertHold(ctx, hold("before")); err != nil { // a duplicate: fails when written
+				return err
+			}
+			_, err := tx.GetHold(ctx, "before")
+			if err == nil {
+				return fmt.Errorf("the duplicate insert did not fail")
+			}
+			return err
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			defer s.Close()
+			var failed error
+			err := s.Write(ctx, func(tx allot.Tx) error {
+				if err := tx.InsertHold(ctx, hold("before")); err != nil {
+					return err
+				}
+				var err error
+				failed, err = tx.(allot.Savepointer).Savepoint(ctx, func() error { return tc.fn(tx) })
+				return err
+			})
+			if err != nil {
+				t.Fatalf("the transaction failed: %v", err)
+			}
+			if (failed == nil) != (tc.kept != nil) {
+				t.Fatalf("Savepoint reported %v", failed)
+			}
+			for _, id := range append([]string{"before"}, tc.kept...) {
+				if _, err := s.GetHold(ctx, id); err != nil {
+					t.Fatalf("hold %s: %v", id, err)
+				}
+			}
+			if tc.kept == nil {
+				if _, err := s.GetHold(ctx, "inside"); err == nil {
+					t.Fatal("the savepoint's hold survived its rollback")
+				}
+			}
+		})
+	}
+}

@@ -6,10 +6,14 @@
 -- seq waits in the narrow events_pending, and the sequencer moves it to the
 -- narrow event_changes.
 
--- No event may be written or numbered while the numbers move: nodes still
--- running the previous version wait here, and the copies below see one
--- state of the table.
-LOCK TABLE events IN EXCLUSIVE MODE;
+-- No event may be written, numbered or read while the numbers move: nodes
+-- still running the previous version wait here, and the copies below see
+-- one state of the table. ACCESS EXCLUSIVE from the start, as the DROPs
+-- below need it: a weaker lock upgraded later deadlocks with an old
+-- sequencer that reads, then updates. Give up rather than queue every
+-- event write behind a long reader.
+SET LOCAL lock_timeout = '10s';
+LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
 
 CREATE TABLE event_changes (
   change_no BIGINT PRIMARY KEY,
@@ -31,6 +35,9 @@ BEGIN
   RETURN NULL;
 END
 $$;
+-- events_pending is the one in this schema, whatever search_path the
+-- inserting session has.
+ALTER FUNCTION events_pending_add() SET search_path FROM CURRENT;
 CREATE TRIGGER events_pending_add AFTER INSERT ON events
   REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION events_pending_add();
 
