@@ -39,6 +39,9 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 // left to the background sequencer, which reports the failure; so is a
 // backlog (events written before an upgrade), a little at a time.
 func (e *Engine) numberOwnEvents(ctx context.Context, tx allot.Tx, n int) error {
+	if time.Now().UnixNano() < e.inlineOffUntil.Load() {
+		return nil // it failed a moment ago: do not make every batch fail it again
+	}
 	sp, ok := tx.(allot.Savepointer)
 	if !ok {
 		_, err := e.sequenceIn(ctx, tx, n+64)
@@ -53,8 +56,9 @@ func (e *Engine) numberOwnEvents(ctx context.Context, tx allot.Tx, n int) error 
 	}
 	if failed != nil {
 		now := time.Now().UnixNano()
+		e.inlineOffUntil.Store(now + int64(time.Second))
 		if last := e.sequenceWarned.Load(); now-last > int64(10*time.Second) && e.sequenceWarned.CompareAndSwap(last, now) {
-			e.log.Warn("a batch could not number its events; the background sequencer will", "err", failed)
+			e.log.Warn("a batch could not number its events; they are left to the background sequencer", "err", failed)
 		}
 	}
 	return nil
