@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -92,6 +93,9 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 		for i, ev := range evs {
 			seqs[i], nos[i] = ev.Seq, last+int64(i)+1
 			touched, err := e.opportunitiesOf(ctx, tx, ev)
+			if e.unreadable(ev, err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -100,6 +104,9 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 				opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At, Deleted: del}
 			}
 			data, err := orderOf(ev)
+			if e.unreadable(ev, err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -137,6 +144,25 @@ func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, e
 	return n, err
 }
 
+// badPayload is an event whose payload does not say what its type
+// promises: a bug that wrote it, never a passing failure.
+type badPayload struct{ error }
+
+func (b badPayload) Unwrap() error { return b.error }
+
+// unreadable reports err as an event's bad payload. Such an event is still
+// numbered, so that it is published as it stands and numbering goes on past
+// it, but it adds nothing to the feeds: one bad event must not stop every
+// feed, relay and webhook behind it.
+func (e *Engine) unreadable(ev allot.Event, err error) bool {
+	var b badPayload
+	if !errors.As(err, &b) {
+		return false
+	}
+	e.log.Error("an event's payload cannot be read: it is numbered and published as it is, and no feed shows it", "event", ev.ID, "type", ev.Type, "err", err)
+	return true
+}
+
 // orderOf extracts the order an order event describes, or nil for events
 // about something else.
 func orderOf(ev allot.Event) ([]byte, error) {
@@ -148,7 +174,7 @@ func orderOf(ev allot.Event) ([]byte, error) {
 			Order json.RawMessage `json:"order"`
 		}
 		if err := json.Unmarshal(ev.Payload, &p); err != nil || len(p.Order) == 0 {
-			return nil, fmt.Errorf("event %s (%s) has no order in its payload: %v", ev.ID, ev.Type, err)
+			return nil, badPayload{fmt.Errorf("event %s (%s) has no order in its payload: %v", ev.ID, ev.Type, err)}
 		}
 		return p.Order, nil
 	}
@@ -183,7 +209,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 	case allot.EventResourceCreated, allot.EventResourceRetired:
 		var res allot.Resource
 		if err := json.Unmarshal(ev.Payload, &res); err != nil {
-			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+			return nil, badPayload{fmt.Errorf("event %s: %w", ev.ID, err)}
 		}
 		if res.Kind != allot.KindSlot {
 			return nil, nil
@@ -198,7 +224,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 			Key string `json:"key"`
 		}
 		if err := json.Unmarshal(ev.Payload, &bs); err != nil {
-			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+			return nil, badPayload{fmt.Errorf("event %s: %w", ev.ID, err)}
 		}
 		for _, b := range bs {
 			keys = append(keys, b.Key)
@@ -206,7 +232,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 	case allot.EventHoldCreated, allot.EventHoldReleased, allot.EventHoldExpired:
 		var h allot.Hold
 		if err := json.Unmarshal(ev.Payload, &h); err != nil {
-			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+			return nil, badPayload{fmt.Errorf("event %s: %w", ev.ID, err)}
 		}
 		lines = h.Lines
 	case allot.EventOrderCreated, allot.EventOrderStatus:
@@ -216,7 +242,7 @@ func (e *Engine) opportunitiesOf(ctx context.Context, r allot.Reader, ev allot.E
 		}
 		var o allot.Order
 		if err := json.Unmarshal(data, &o); err != nil {
-			return nil, fmt.Errorf("event %s: %w", ev.ID, err)
+			return nil, badPayload{fmt.Errorf("event %s: %w", ev.ID, err)}
 		}
 		lines = lineList(o.Lines)
 	default:

@@ -135,3 +135,43 @@ func TestNumberingCachesNoUncommittedResource(t *testing.T) {
 		t.Fatal("a resource whose transaction rolled back stayed in the cache")
 	}
 }
+
+// An event whose payload cannot be read (a bug wrote it) is numbered all
+// the same, so that numbering, and every feed, relay and webhook behind it,
+// goes on past it; it adds nothing to the feeds.
+func TestUnreadableEventDoesNotStopNumbering(t *testing.T) {
+	ctx := context.Background()
+	for _, workers := range []int{0, 1} {
+		e := newTestEngine(t, Batching{Workers: workers})
+		db := e.store.(*sqlite.Store).DB()
+		for _, typ := range []string{allot.EventOrderCreated, allot.EventOrderStatus, allot.EventHoldCreated} {
+			if _, err := db.ExecContext(ctx, `INSERT INTO events (id, type, resource_id, order_id, at, payload) VALUES (?, ?, 's', 'ord_x', 0, '{"slot":"')`,
+				NewID("evt"), typ); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h, err := e.CreateHold(ctx, HoldInput{Lines: []allot.Line{{ResourceID: "s", Quantity: 1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Sequence(ctx, 100); err != nil {
+			t.Fatalf("workers=%d: the sequencer failed on the unreadable events: %v", workers, err)
+		}
+		all, err := e.store.EventsAfter(ctx, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range all {
+			if ev.ChangeNo == 0 {
+				t.Fatalf("workers=%d: event %s (%s) is not numbered", workers, ev.ID, ev.Type)
+			}
+		}
+		if last := all[len(all)-1]; last.HoldID != h.ID {
+			t.Fatalf("workers=%d: the last event is %+v, want the hold's", workers, last)
+		}
+		items, err := e.OrdersFeed(ctx, 0, 100)
+		if err != nil || len(items) != 0 {
+			t.Fatalf("workers=%d: the orders feed shows %+v (%v), want nothing", workers, items, err)
+		}
+	}
+}
