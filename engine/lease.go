@@ -196,15 +196,9 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 	if err != nil {
 		return allot.Order{}, err
 	}
-	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+	o, err := e.directOrder(d, in)
 	if err != nil {
 		return o, err
-	}
-	if err := e.channel(&o, in); err != nil {
-		return allot.Order{}, err
-	}
-	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
-		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, &op{specs: specs, shard: d.keys[0].ResourceID, apply: func(ctx context.Context, w *wtx) (any, error) {
 		if err := d.missing(w); err != nil {

@@ -50,15 +50,9 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	if err != nil {
 		return allot.Order{}, err
 	}
-	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+	o, err := e.directOrder(d, in)
 	if err != nil {
 		return o, err
-	}
-	if err := e.channel(&o, in); err != nil {
-		return allot.Order{}, err
-	}
-	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
-		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
 		if err := e.fit(ctx, w, d); err != nil {
@@ -307,4 +301,20 @@ func (e *Engine) transition(ctx context.Context, id string, from, to allot.Order
 		return allot.Order{}, err
 	}
 	return v.(allot.Order), nil
+}
+
+// directOrder is the order that books in.Lines directly (not from a hold),
+// with its channel and payment, before anything is decided.
+func (e *Engine) directOrder(d *demand, in OrderInput) (allot.Order, error) {
+	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+	if err != nil {
+		return o, err
+	}
+	if err := e.channel(&o, in); err != nil {
+		return allot.Order{}, err
+	}
+	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
+		return allot.Order{}, err
+	}
+	return o, nil
 }
