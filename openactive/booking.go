@@ -422,14 +422,9 @@ func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 // latest change; a cancelled order appears as deleted.
 func (h *Handler) ordersFeed(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
-	after := int64(0)
-	if v := r.URL.Query().Get("afterChangeNumber"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			h.write(w, 400, oaError("InvalidAPIRequestError", "afterChangeNumber must be a non-negative integer", 400))
-			return
-		}
-		after = n
+	after, ok := h.afterChange(w, r)
+	if !ok {
+		return
 	}
 	prefix := orderID(partnerOf(ctx), "")
 	var items []obj

@@ -191,19 +191,29 @@ func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
 
 const feedPage = 500
 
+// afterChange reads an RPDE page's afterChangeNumber (0 when absent), or
+// answers 400 and reports false.
+func (h *Handler) afterChange(w nethttp.ResponseWriter, r *nethttp.Request) (int64, bool) {
+	v := r.URL.Query().Get("afterChangeNumber")
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		h.write(w, 400, oaError("InvalidAPIRequestError", "afterChangeNumber must be a non-negative integer", 400))
+		return 0, false
+	}
+	return n, true
+}
+
 // feed pages the opportunity changes of one kind: series (the slot
 // resources) or sessions (their slots), each at its latest change number.
 func (h *Handler) feed(series bool) nethttp.HandlerFunc {
 	return func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		ctx := r.Context()
-		after := int64(0)
-		if v := r.URL.Query().Get("afterChangeNumber"); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 0 {
-				h.write(w, 400, oaError("InvalidAPIRequestError", "afterChangeNumber must be a non-negative integer", 400))
-				return
-			}
-			after = n
+		after, ok := h.afterChange(w, r)
+		if !ok {
+			return
 		}
 		var items []obj
 		cursor, last := after, after
