@@ -196,7 +196,7 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 	if err != nil {
 		return allot.Order{}, err
 	}
-	o, err := e.directOrder(d, in)
+	o, err := e.preparedOrder(d, in, in.CustomerID, "", "booked directly")
 	if err != nil {
 		return o, err
 	}

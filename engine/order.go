@@ -50,7 +50,7 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	if err != nil {
 		return allot.Order{}, err
 	}
-	o, err := e.directOrder(d, in)
+	o, err := e.preparedOrder(d, in, in.CustomerID, "", "booked directly")
 	if err != nil {
 		return o, err
 	}
@@ -96,15 +96,9 @@ func (e *Engine) orderFromHold(ctx context.Context, in OrderInput) (allot.Order,
 			return allot.Order{}, err
 		}
 	}
-	o, err := e.newOrder(d, customer, h.ID, fmt.Sprintf("booked from hold %s", h.ID))
+	o, err := e.preparedOrder(d, in, customer, h.ID, fmt.Sprintf("booked from hold %s", h.ID))
 	if err != nil {
 		return o, err
-	}
-	if err := e.channel(&o, in); err != nil {
-		return allot.Order{}, err
-	}
-	if err := e.payment(&o, in.Payment, in.Prepaid); err != nil {
-		return allot.Order{}, err
 	}
 	v, err := e.do(ctx, d.op(func(ctx context.Context, w *wtx) (any, error) {
 		h, err := w.LockHold(ctx, in.HoldID)
@@ -303,10 +297,10 @@ func (e *Engine) transition(ctx context.Context, id string, from, to allot.Order
 	return v.(allot.Order), nil
 }
 
-// directOrder is the order that books in.Lines directly (not from a hold),
-// with its channel and payment, before anything is decided.
-func (e *Engine) directOrder(d *demand, in OrderInput) (allot.Order, error) {
-	o, err := e.newOrder(d, in.CustomerID, "", "booked directly")
+// preparedOrder is the order in asks for, with its channel and payment,
+// before anything is decided.
+func (e *Engine) preparedOrder(d *demand, in OrderInput, customer, holdID, cause string) (allot.Order, error) {
+	o, err := e.newOrder(d, customer, holdID, cause)
 	if err != nil {
 		return o, err
 	}
