@@ -116,6 +116,14 @@ type Savepointer interface {
 	Savepoint(ctx context.Context, fn func() error) (failed, err error)
 }
 
+// OwnNumberer is a Tx of a SerialWriter that writes an event's change
+// number with it when Event.ChangeNo is set (AppendEvents), so that a batch
+// that numbers its own events need not read them back and write them again.
+type OwnNumberer interface {
+	// Unsequenced reports whether any event waits for a change number.
+	Unsequenced(ctx context.Context) (bool, error)
+}
+
 // BucketSpec asks for one bucket to be locked; if it has no row yet it is
 // created with DefaultCapacity (nightly buckets are made on first use).
 // Create false means a missing row is reported, not made.
@@ -185,7 +193,9 @@ type Tx interface {
 	UnsequencedEvents(ctx context.Context, limit int) ([]Event, error)
 	// Sequence gives events their change numbers (parallel slices) and
 	// upserts the feed items and the opportunity changes (numbered after
-	// the events); numbers must exceed every number given.
+	// the events); numbers must exceed every number given. With seqs nil,
+	// the events were appended with their numbers (OwnNumberer) and only
+	// the feeds and the last number given are brought up to date.
 	Sequence(ctx context.Context, seqs, changeNos []int64, items []FeedItem, opps []OpportunityChange) error
 	// LastChangeNumber is the highest change number given so far.
 	LastChangeNumber(ctx context.Context) (int64, error)

@@ -302,13 +302,8 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 		return err
 	}
 	e.thresholds(w, dirty)
-	if err := tx.AppendEvents(ctx, w.events); err != nil {
+	if err := e.appendOwnEvents(ctx, tx, w.events); err != nil {
 		return err
-	}
-	if e.serial && len(w.events) > 0 {
-		if err := e.numberOwnEvents(ctx, tx, len(w.events)); err != nil {
-			return err
-		}
 	}
 	if len(w.steps) > 0 && e.wf.Scheduler != nil {
 		return e.wf.Scheduler.Schedule(ctx, tx, w.steps)

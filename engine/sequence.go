@@ -34,114 +34,193 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 	return n, err
 }
 
-// numberOwnEvents numbers, on a serial store, the events a batch has just
-// written (n of them), in the batch's transaction. It must never cost the
+// appendOwnEvents appends a batch's events; on a serial store it also
+// numbers them in the batch's transaction. It must never cost the
 // bookings: if numbering fails, what it wrote is undone and the events are
-// left to the background sequencer, which reports the failure; so is a
-// backlog (events written before an upgrade), a little at a time.
-func (e *Engine) numberOwnEvents(ctx context.Context, tx allot.Tx, n int) error {
-	if time.Now().UnixNano() < e.inlineOffUntil.Load() {
-		return nil // it failed a moment ago: do not make every batch fail it again
+// left to the background sequencer, which reports the failure.
+//
+// Where the store can write events already numbered and no older event
+// waits for a number, the numbers are worked out from the events in hand
+// and written with them: nothing is read back, and no event row is written
+// twice. Otherwise (a backlog, such as events written before an upgrade)
+// the batch numbers the oldest waiting events first, a few more than its
+// own, so that numbers keep commit order.
+func (e *Engine) appendOwnEvents(ctx context.Context, tx allot.Tx, evs []allot.Event) error {
+	if len(evs) == 0 {
+		return nil
 	}
-	sp, ok := tx.(allot.Savepointer)
-	if !ok {
-		_, err := e.sequenceIn(ctx, tx, n+64)
+	sp, canUndo := tx.(allot.Savepointer)
+	on, canNumber := tx.(allot.OwnNumberer)
+	if !e.serial || time.Now().UnixNano() < e.inlineOffUntil.Load() {
+		// Not serial, or numbering failed a moment ago: do not make every
+		// batch fail it again.
+		return tx.AppendEvents(ctx, evs)
+	}
+	if !canUndo {
+		if err := tx.AppendEvents(ctx, evs); err != nil {
+			return err
+		}
+		_, err := e.sequenceIn(ctx, tx, len(evs)+64)
+		return err
+	}
+	if canNumber {
+		failed, err := sp.Savepoint(ctx, func() error { return e.numberInMemory(ctx, tx, on, evs) })
+		if err != nil {
+			return err
+		}
+		if failed == nil {
+			return nil
+		}
+		for i := range evs {
+			evs[i].ChangeNo = 0
+		}
+		if !errors.Is(failed, errBacklog) {
+			e.inlineNumberingFailed(failed)
+			return tx.AppendEvents(ctx, evs)
+		}
+	}
+	if err := tx.AppendEvents(ctx, evs); err != nil {
 		return err
 	}
 	failed, err := sp.Savepoint(ctx, func() error {
-		_, err := e.sequenceIn(ctx, tx, n+64)
+		_, err := e.sequenceIn(ctx, tx, len(evs)+64)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	if failed != nil {
-		now := time.Now().UnixNano()
-		e.inlineOffUntil.Store(now + int64(time.Second))
-		if last := e.sequenceWarned.Load(); now-last > int64(10*time.Second) && e.sequenceWarned.CompareAndSwap(last, now) {
-			e.log.Warn("a batch could not number its events; they are left to the background sequencer", "err", failed)
-		}
+		e.inlineNumberingFailed(failed)
 	}
 	return nil
 }
 
+// errBacklog: older events wait for numbers, so a batch's own cannot be
+// numbered first.
+var errBacklog = errors.New("engine: older events wait for change numbers")
+
+// numberInMemory gives evs the numbers after the last one given, and
+// appends them with those numbers, their feed items and opportunity
+// changes, in tx.
+func (e *Engine) numberInMemory(ctx context.Context, tx allot.Tx, on allot.OwnNumberer, evs []allot.Event) error {
+	backlog, err := on.Unsequenced(ctx)
+	if err != nil {
+		return err
+	}
+	if backlog {
+		return errBacklog
+	}
+	last, err := tx.LastChangeNumber(ctx)
+	if err != nil {
+		return err
+	}
+	nos, items, changes, err := e.numbering(ctx, tx, evs, last)
+	if err != nil {
+		return err
+	}
+	for i := range evs {
+		evs[i].ChangeNo = nos[i]
+	}
+	if err := tx.AppendEvents(ctx, evs); err != nil {
+		return err
+	}
+	return tx.Sequence(ctx, nil, nos, items, changes)
+}
+
+// inlineNumberingFailed turns numbering in batches off for a second, and
+// warns, at most every 10 seconds.
+func (e *Engine) inlineNumberingFailed(failed error) {
+	now := time.Now().UnixNano()
+	e.inlineOffUntil.Store(now + int64(time.Second))
+	if last := e.sequenceWarned.Load(); now-last > int64(10*time.Second) && e.sequenceWarned.CompareAndSwap(last, now) {
+		e.log.Warn("a batch could not number its events; they are left to the background sequencer", "err", failed)
+	}
+}
+
 // sequenceIn numbers up to limit unsequenced events in tx. On a store whose
-// writers run one at a time (SQLite) every batch numbers its own events
-// this way before it commits: commit order is then write order, so no
-// late commit can be skipped, and no separate sequencing transaction
-// holds the only write lock for a backlog's worth of events while every
-// batch waits.
+// writers run one at a time (SQLite) a batch may number events this way
+// before it commits: commit order is then write order, so no late commit
+// can be skipped, and no separate sequencing transaction holds the only
+// write lock for a backlog's worth of events while every batch waits.
 func (e *Engine) sequenceIn(ctx context.Context, tx allot.Tx, limit int) (int, error) {
-	n := 0
-	err := func() error {
-		ok, err := tx.LockSequencer(ctx)
-		if err != nil || !ok {
-			return err
+	ok, err := tx.LockSequencer(ctx)
+	if err != nil || !ok {
+		return 0, err
+	}
+	evs, err := tx.UnsequencedEvents(ctx, limit)
+	if err != nil || len(evs) == 0 {
+		return 0, err
+	}
+	last, err := tx.LastChangeNumber(ctx)
+	if err != nil {
+		return 0, err
+	}
+	nos, items, changes, err := e.numbering(ctx, tx, evs, last)
+	if err != nil {
+		return 0, err
+	}
+	seqs := make([]int64, len(evs))
+	for i, ev := range evs {
+		seqs[i] = ev.Seq
+	}
+	return len(evs), tx.Sequence(ctx, seqs, nos, items, changes)
+}
+
+// numbering gives evs the change numbers after last, in order, and works
+// out what they change in the Orders feed and the opportunity feed.
+func (e *Engine) numbering(ctx context.Context, r allot.Reader, evs []allot.Event, last int64) (nos []int64, items []allot.FeedItem, changes []allot.OpportunityChange, err error) {
+	nos = make([]int64, len(evs))
+	latest := map[string]int{} // order id -> index in items
+	opps := map[allot.BucketKey]allot.OpportunityChange{}
+	for i, ev := range evs {
+		nos[i] = last + int64(i) + 1
+		touched, err := e.opportunitiesOf(ctx, r, ev)
+		if e.unreadable(ev, err) {
+			continue
 		}
-		evs, err := tx.UnsequencedEvents(ctx, limit)
-		if err != nil || len(evs) == 0 {
-			return err
-		}
-		last, err := tx.LastChangeNumber(ctx)
 		if err != nil {
-			return err
+			return nil, nil, nil, err
 		}
-		seqs, nos := make([]int64, len(evs)), make([]int64, len(evs))
-		latest := map[string]int{} // order id -> index in items
-		var items []allot.FeedItem
-		opps := map[allot.BucketKey]allot.OpportunityChange{}
-		for i, ev := range evs {
-			seqs[i], nos[i] = ev.Seq, last+int64(i)+1
-			touched, err := e.opportunitiesOf(ctx, tx, ev)
-			if e.unreadable(ev, err) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			for _, k := range touched {
-				del := ev.Type == allot.EventResourceRetired || opps[k].Deleted
-				opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At, Deleted: del}
-			}
-			data, err := orderOf(ev)
-			if e.unreadable(ev, err) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if data == nil {
-				continue
-			}
-			it := allot.FeedItem{ID: ev.OrderID, ChangeNo: nos[i], Modified: ev.At, Data: data}
-			if j, seen := latest[ev.OrderID]; seen {
-				items[j] = it // one row per order and statement: keep the latest
-				continue
-			}
-			latest[ev.OrderID] = len(items)
-			items = append(items, it)
+		for _, k := range touched {
+			del := ev.Type == allot.EventResourceRetired || opps[k].Deleted
+			opps[k] = allot.OpportunityChange{ResourceID: k.ResourceID, Key: k.Key, ChangeNo: nos[i], Modified: ev.At, Deleted: del}
 		}
-		n = len(evs)
-		// Each opportunity gets a number of its own, after the events', in
-		// the order of the events that last changed them: a page boundary
-		// must never fall between two items of one number.
-		changes := make([]allot.OpportunityChange, 0, len(opps))
-		for _, o := range opps {
-			changes = append(changes, o)
+		data, err := orderOf(ev)
+		if e.unreadable(ev, err) {
+			continue
 		}
-		sort.Slice(changes, func(i, j int) bool {
-			a, b := changes[i], changes[j]
-			if a.ChangeNo != b.ChangeNo {
-				return a.ChangeNo < b.ChangeNo
-			}
-			return allot.BucketKey{ResourceID: a.ResourceID, Key: a.Key}.Less(allot.BucketKey{ResourceID: b.ResourceID, Key: b.Key})
-		})
-		for j := range changes {
-			changes[j].ChangeNo = last + int64(len(evs)+j) + 1
+		if err != nil {
+			return nil, nil, nil, err
 		}
-		return tx.Sequence(ctx, seqs, nos, items, changes)
-	}()
-	return n, err
+		if data == nil {
+			continue
+		}
+		it := allot.FeedItem{ID: ev.OrderID, ChangeNo: nos[i], Modified: ev.At, Data: data}
+		if j, seen := latest[ev.OrderID]; seen {
+			items[j] = it // one row per order and statement: keep the latest
+			continue
+		}
+		latest[ev.OrderID] = len(items)
+		items = append(items, it)
+	}
+	// Each opportunity gets a number of its own, after the events', in
+	// the order of the events that last changed them: a page boundary
+	// must never fall between two items of one number.
+	changes = make([]allot.OpportunityChange, 0, len(opps))
+	for _, o := range opps {
+		changes = append(changes, o)
+	}
+	sort.Slice(changes, func(i, j int) bool {
+		a, b := changes[i], changes[j]
+		if a.ChangeNo != b.ChangeNo {
+			return a.ChangeNo < b.ChangeNo
+		}
+		return allot.BucketKey{ResourceID: a.ResourceID, Key: a.Key}.Less(allot.BucketKey{ResourceID: b.ResourceID, Key: b.Key})
+	})
+	for j := range changes {
+		changes[j].ChangeNo = last + int64(len(evs)+j) + 1
+	}
+	return nos, items, changes, nil
 }
 
 // badPayload is an event whose payload does not say what its type

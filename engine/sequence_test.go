@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -172,6 +173,55 @@ func TestUnreadableEventDoesNotStopNumbering(t *testing.T) {
 		items, err := e.OrdersFeed(ctx, 0, 100)
 		if err != nil || len(items) != 0 {
 			t.Fatalf("workers=%d: the orders feed shows %+v (%v), want nothing", workers, items, err)
+		}
+	}
+}
+
+// A batch numbers its own events from memory only when no older event
+// waits for a number; behind a backlog (events written before an upgrade,
+// or while numbering was failing) it numbers the oldest first, so that
+// change numbers keep the order in which events were written.
+func TestBatchNumbersBehindABacklog(t *testing.T) {
+	ctx := context.Background()
+	for _, workers := range []int{0, 1} {
+		e := newTestEngine(t, Batching{Workers: workers})
+		db := e.store.(*sqlite.Store).DB()
+		for range 3 {
+			if _, err := db.ExecContext(ctx, `INSERT INTO events (id, type, resource_id, at, payload) VALUES (?, ?, 's', 0, '{}')`,
+				NewID("evt"), allot.EventCapacityChanged); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var holds []string
+		for range 3 {
+			h, err := e.CreateHold(ctx, HoldInput{Lines: []allot.Line{{ResourceID: "s", Quantity: 1}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			holds = append(holds, h.ID)
+		}
+		all, err := e.store.EventsAfter(ctx, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, ev := range all {
+			if ev.ChangeNo == 0 {
+				t.Fatalf("workers=%d: event %d (%s) has no number, with no sequencer needed", workers, i, ev.Type)
+			}
+			if i > 0 && ev.ChangeNo <= all[i-1].ChangeNo {
+				t.Fatalf("workers=%d: change numbers out of write order at seq %d: %d after %d", workers, ev.Seq, ev.ChangeNo, all[i-1].ChangeNo)
+			}
+		}
+		var got []string
+		for _, ev := range all[len(all)-3:] {
+			got = append(got, ev.HoldID)
+		}
+		if !slices.Equal(got, holds) {
+			t.Fatalf("workers=%d: the last events are of holds %v, want %v", workers, got, holds)
+		}
+		var raw int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE change_no IS NULL`).Scan(&raw); err != nil || raw != 0 {
+			t.Fatalf("workers=%d: %d events unnumbered (%v)", workers, raw, err)
 		}
 	}
 }

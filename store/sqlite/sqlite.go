@@ -144,7 +144,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	dsn := func(txlock string, extra ...string) string {
 		v := url.Values{}
-		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"}, extra...) {
+		for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "temp_store(MEMORY)"}, extra...) {
 			v.Add("_pragma", p)
 		}
 		v.Set("_txlock", txlock)
@@ -817,10 +817,23 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 	// Events keep their order: one table's rows are inserted in the order
 	// they were added, so seq follows it.
 	for _, e := range es {
+		if e.ChangeNo != 0 {
+			t.buf.add("events numbered", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload, change_no) VALUES `, 8,
+				e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload), e.ChangeNo)
+			continue
+		}
 		t.buf.add("events", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload) VALUES `, 7,
 			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload))
 	}
 	return nil
+}
+
+// Unsequenced uses the partial index of events without a number, which is
+// empty but for a backlog.
+func (t *tx) Unsequenced(ctx context.Context) (bool, error) {
+	var n int
+	err := t.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE change_no IS NULL)`).Scan(&n)
+	return n == 1, err
 }
 
 // LockSequencer: SQLite has one writer, so a write transaction already is
@@ -839,6 +852,9 @@ func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
 
 func (t *tx) Sequence(ctx context.Context, seqs, changeNos []int64, items []allot.FeedItem, opps []allot.OpportunityChange) error {
 	var last int64
+	for _, no := range changeNos {
+		last = max(last, no)
+	}
 	// A run of consecutive seqs numbered consecutively (the usual case: one
 	// writer, committed in order) is one range UPDATE, not one per event.
 	for i := 0; i < len(seqs); {

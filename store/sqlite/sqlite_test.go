@@ -161,3 +161,22 @@ func TestSavepoint(t *testing.T) {
 		})
 	}
 }
+
+// Every connection's pragmas, as the store relies on them: durable commits
+// (FULL), and statement journals and savepoints in memory (a batch's
+// multi-row statements and its numbering savepoint otherwise spill to a
+// temporary file, several writes per batch).
+func TestPragmas(t *testing.T) {
+	ctx := context.Background()
+	s := open(t).(*sqlite.Store)
+	defer s.Close()
+	for _, p := range []struct {
+		name string
+		want string
+	}{{"journal_mode", "wal"}, {"synchronous", "2"}, {"temp_store", "2"}, {"foreign_keys", "1"}} {
+		var got string
+		if err := s.DB().QueryRowContext(ctx, "PRAGMA "+p.name).Scan(&got); err != nil || got != p.want {
+			t.Errorf("PRAGMA %s = %q (%v), want %q", p.name, got, err, p.want)
+		}
+	}
+}
