@@ -68,10 +68,6 @@ var ErrNotFound = errors.New("not found")
 // ErrConflict is returned by stores when an insert hits an existing key.
 var ErrConflict = errors.New("already exists")
 
-// ErrBucketsChanged fails a transaction that wrote buckets over the state
-// it last knew (BucketSwapper) when another writer changed them meanwhile.
-var ErrBucketsChanged = errors.New("buckets changed since they were last read")
-
 // ErrIdempotencyLost is returned when an idempotency claim was taken over
 // (it had gone stale) before this request could complete it; the request's
 // transaction must roll back so that its effect happens once.

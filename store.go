@@ -116,17 +116,6 @@ type Savepointer interface {
 	Savepoint(ctx context.Context, fn func() error) (failed, err error)
 }
 
-// BucketSwapper is a Tx that can write buckets without having locked them
-// first: a compare-and-swap that fails the whole transaction, at commit at
-// the latest, with ErrBucketsChanged if any bucket is no longer as it was.
-// A batch that decides on the state it committed last then needs no round
-// trip to lock and read before it writes, and holds no row lock while the
-// engine decides.
-type BucketSwapper interface {
-	// SwapBuckets writes now over was (the same keys, in key order).
-	SwapBuckets(ctx context.Context, was, now []Bucket) error
-}
-
 // OwnNumberer is a Tx of a SerialWriter that writes an event's change
 // number with it when Event.ChangeNo is set (AppendEvents), so that a batch
 // that numbers its own events need not read them back and write them again.

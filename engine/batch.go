@@ -134,7 +134,6 @@ func (e *Engine) Close() {
 
 func (e *Engine) batchLoop(b *batcher, q chan *op) {
 	defer b.wg.Done()
-	known := bucketCache{}
 	for first := range q {
 		batch := []*op{first}
 		var deadline <-chan time.Time
@@ -169,56 +168,7 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 		if timer != nil {
 			timer.Stop()
 		}
-		e.runBatchKnowing(batch, known)
-	}
-}
-
-// bucketCache is what one batch worker last committed to buckets. Requests
-// for a resource all go to one worker, so on a single node it is the state
-// of that worker's hot buckets; on a store that can swap buckets
-// (allot.BucketSwapper), a batch whose buckets are all known decides on
-// this state and writes it back with a compare-and-swap, instead of a
-// round trip that locks and reads them first. Another writer (another
-// node, a request on another path) makes the swap fail; the batch then
-// runs again the locking way and the cache learns the state it read.
-type bucketCache map[allot.BucketKey]allot.Bucket
-
-// maxKnownBuckets bounds a worker's cache: past it the cache starts over.
-// Only hot buckets gain from it, and they come back at once.
-const maxKnownBuckets = 4096
-
-// lookup returns the known state of every spec's bucket, in specs' order,
-// or false if one is not known.
-func (c bucketCache) lookup(specs []allot.BucketSpec) ([]allot.Bucket, bool) {
-	if c == nil || len(specs) == 0 {
-		return nil, false
-	}
-	out := make([]allot.Bucket, 0, len(specs))
-	for _, s := range specs {
-		b, ok := c[s.BucketKey]
-		if !ok {
-			return nil, false
-		}
-		out = append(out, b)
-	}
-	return out, true
-}
-
-func (c bucketCache) learn(bs []allot.Bucket) {
-	if c == nil {
-		return
-	}
-	if len(c)+len(bs) > maxKnownBuckets {
-		clear(c)
-	}
-	for _, b := range bs {
-		c[b.BucketKey] = b
-	}
-}
-
-func (c bucketCache) forget(specs []allot.BucketSpec) {
-	for _, s := range specs {
-		delete(c, s.BucketKey)
+		e.runBatch(batch)
 	}
 }
 
@@ -261,18 +211,11 @@ const batchTimeout = 30 * time.Second
 // transaction fails, a batch of several is split into single ops (so the
 // failure stays with the op that caused it); a single op is retried when the
 // failure is transient.
-func (e *Engine) runBatch(ops []*op) { e.runBatchKnowing(ops, nil) }
-
-// runBatchKnowing is runBatch for a worker that knows the state it last
-// committed to buckets (nil: none).
-func (e *Engine) runBatchKnowing(ops []*op, known bucketCache) {
+func (e *Engine) runBatch(ops []*op) {
 	results := make([]opResult, len(ops))
 	start := time.Now()
-	specs := batchSpecs(ops)
 	var err error
 	for attempt := 1; ; attempt++ {
-		var final []allot.Bucket
-		var swapped bool
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 		err = e.store.Write(ctx, func(tx allot.Tx) (err error) {
 			// A panic in an op is that batch's failure: the transaction
@@ -283,25 +226,10 @@ func (e *Engine) runBatchKnowing(ops []*op, known bucketCache) {
 					err = fmt.Errorf("engine: panic applying a batch: %v", v)
 				}
 			}()
-			final, swapped, err = e.applyBatch(ctx, tx, ops, specs, results, known)
-			return err
+			return e.applyBatch(ctx, tx, ops, results)
 		})
 		cancel()
-		if err == nil {
-			known.learn(final)
-			if swapped {
-				e.metrics.swapped.Add(1)
-			}
-			break
-		}
-		known.forget(specs)
-		if errors.Is(err, allot.ErrBucketsChanged) && attempt < maxAttempts {
-			// Another writer changed a bucket this worker knew: the same
-			// batch again, now locking and reading them.
-			e.metrics.bucketsChanged.Add(1)
-			continue
-		}
-		if len(ops) > 1 || attempt >= maxAttempts || !e.store.IsRetryable(err) {
+		if err == nil || len(ops) > 1 || attempt >= maxAttempts || !e.store.IsRetryable(err) {
 			break
 		}
 		e.log.Debug("retrying transaction", "attempt", attempt, "err", err)
@@ -329,8 +257,7 @@ func (e *Engine) runBatchKnowing(ops []*op, known bucketCache) {
 	}
 }
 
-// batchSpecs is the union of the ops' buckets, in key order.
-func batchSpecs(ops []*op) []allot.BucketSpec {
+func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results []opResult) error {
 	seen := map[allot.BucketKey]bool{}
 	var specs []allot.BucketSpec
 	for _, o := range ops {
@@ -342,21 +269,11 @@ func batchSpecs(ops []*op) []allot.BucketSpec {
 		}
 	}
 	sort.Slice(specs, func(i, j int) bool { return specs[i].Less(specs[j].BucketKey) })
-	return specs
-}
-
-// applyBatch applies ops on the batch's buckets: locked and read, or, where
-// the worker knows them all and the store can swap them, as it knows them.
-// It returns the buckets as the transaction leaves them.
-func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, specs []allot.BucketSpec, results []opResult, known bucketCache) (final []allot.Bucket, swap bool, err error) {
-	swapper, canSwap := tx.(allot.BucketSwapper)
 	var bs []allot.Bucket
-	if canSwap {
-		bs, swap = known.lookup(specs)
-	}
-	if !swap && len(specs) > 0 {
+	if len(specs) > 0 {
+		var err error
 		if bs, err = tx.LockBuckets(ctx, specs); err != nil {
-			return nil, false, err
+			return err
 		}
 	}
 	w := &wtx{Tx: tx, lk: make(locked, len(bs)), orig: make(map[allot.BucketKey]allot.Bucket, len(bs))}
@@ -367,7 +284,7 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, specs [
 	for i, o := range ops {
 		v, err := o.apply(ctx, w)
 		if err != nil && allot.CodeOf(err) == "" {
-			return nil, false, err
+			return err
 		}
 		results[i] = opResult{v: v, err: err}
 		// An answer is stored with the write; not a retry (it is run again),
@@ -375,37 +292,23 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, specs [
 		if o.idem != nil && err != errRetry && (err == nil || !o.idem.OnlyEffects) {
 			status, body := o.idem.Render(v, err)
 			if err := tx.CompleteIdempotencyKey(ctx, o.idem.Key, o.idem.Token, status, body); err != nil {
-				return nil, false, err
+				return err
 			}
 			results[i].stored = true
 		}
 	}
 	dirty := w.dirty()
-	// bs itself was changed in place through w.lk.
-	was := make([]allot.Bucket, len(bs))
-	final = make([]allot.Bucket, len(bs))
-	for i := range bs {
-		was[i], final[i] = w.orig[bs[i].BucketKey], bs[i]
-	}
-	if swap {
-		// Every bucket, changed or not: a refusal decided on a known state
-		// must stand on the state that commits too.
-		if err := swapper.SwapBuckets(ctx, was, final); err != nil {
-			return nil, false, err
-		}
-	} else if err := tx.SaveBuckets(ctx, dirty); err != nil {
-		return nil, false, err
+	if err := tx.SaveBuckets(ctx, dirty); err != nil {
+		return err
 	}
 	e.thresholds(w, dirty)
 	if err := e.appendOwnEvents(ctx, tx, w.events); err != nil {
-		return nil, false, err
+		return err
 	}
 	if len(w.steps) > 0 && e.wf.Scheduler != nil {
-		if err := e.wf.Scheduler.Schedule(ctx, tx, w.steps); err != nil {
-			return nil, false, err
-		}
+		return e.wf.Scheduler.Schedule(ctx, tx, w.steps)
 	}
-	return final, swap, nil
+	return nil
 }
 
 // thresholds emits availability.low when a bucket's committed availability

@@ -13,7 +13,6 @@ var slowBatchMs = [...]int64{5, 10, 20, 50}
 // metrics counts what the write path does, for operators and benchmarks.
 type metrics struct {
 	batches, ops, failed, nanos, maxNanos atomic.Int64
-	swapped, bucketsChanged               atomic.Int64
 	slow                                  [len(slowBatchMs)]atomic.Int64
 }
 
@@ -48,19 +47,11 @@ type Stats struct {
 	// BatchesOverMs counts the batches that took longer than 5, 10, 20 and
 	// 50 ms, by threshold.
 	BatchesOverMs map[string]int64 `json:"batches_over_ms"`
-	// SwappedBatches counts batches that wrote their buckets over the state
-	// their worker last committed, without locking and reading them first.
-	SwappedBatches int64 `json:"swapped_batches"`
-	// BucketsChanged counts batches that wrote buckets over the state
-	// their worker knew, found another writer had changed them, and ran
-	// again locking them.
-	BucketsChanged int64 `json:"buckets_changed"`
 }
 
 // Stats returns the counters since the engine started.
 func (e *Engine) Stats() Stats {
 	s := Stats{Batches: e.metrics.batches.Load(), Ops: e.metrics.ops.Load(), FailedBatches: e.metrics.failed.Load(),
-		SwappedBatches: e.metrics.swapped.Load(), BucketsChanged: e.metrics.bucketsChanged.Load(),
 		MaxBatchMs: float64(e.metrics.maxNanos.Load()) / 1e6, BatchesOverMs: map[string]int64{}}
 	if s.Batches > 0 {
 		s.MeanBatchSize = float64(s.Ops) / float64(s.Batches)

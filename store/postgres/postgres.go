@@ -134,12 +134,6 @@ func (s *Store) migrate(ctx context.Context, schema, upTo string) error {
 // decides on. BEGIN travels with the first statement and COMMIT with the
 // last writes, so a batch costs no round trip of its own for either.
 func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) {
-	defer func() {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "AB001" {
-			err = fmt.Errorf("%w: %v", allot.ErrBucketsChanged, err)
-		}
-	}()
 	pc, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -830,38 +824,6 @@ func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
 	t.queue(nil, `UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[]) AS v(r, k, c, h, bk)
 		WHERE b.resource_id = v.r AND b.bkey = v.k`, rs, ks, cs, hs, bks)
-	return nil
-}
-
-// SwapBuckets locks the buckets in key order (only several need it) and
-// writes them only where they are still as was says; the function of
-// migration 0009 fails the transaction if any is not. All of it is queued:
-// it travels with the batch's other writes and its COMMIT.
-func (t *tx) SwapBuckets(ctx context.Context, was, now []allot.Bucket) error {
-	if len(now) == 0 {
-		return nil
-	}
-	rs, ks := make([]string, len(now)), make([]string, len(now))
-	ocs, ohs, obs := make([]int32, len(now)), make([]int32, len(now)), make([]int32, len(now))
-	cs, hs, bks := make([]int32, len(now)), make([]int32, len(now)), make([]int32, len(now))
-	for i, b := range now {
-		o := was[i]
-		if o.BucketKey != b.BucketKey {
-			return fmt.Errorf("postgres: swapping bucket %v over %v", b.BucketKey, o.BucketKey)
-		}
-		rs[i], ks[i], cs[i], hs[i], bks[i] = b.ResourceID, b.Key, int32(b.Capacity), int32(b.Held), int32(b.Booked)
-		ocs[i], ohs[i], obs[i] = int32(o.Capacity), int32(o.Held), int32(o.Booked)
-	}
-	if len(now) > 1 {
-		t.queue(nil, `SELECT 1 FROM buckets b JOIN unnest($1::text[], $2::text[]) AS k(r, k) ON b.resource_id = k.r AND b.bkey = k.k
-			ORDER BY b.resource_id, b.bkey FOR UPDATE OF b`, rs, ks)
-	}
-	t.queue(nil, `WITH u AS (
-			UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
-			FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[]) AS v(r, k, oc, oh, ob, c, h, bk)
-			WHERE b.resource_id = v.r AND b.bkey = v.k AND b.capacity = v.oc AND b.held = v.oh AND b.booked = v.ob
-			RETURNING 1)
-		SELECT allot_buckets_unchanged((SELECT count(*) FROM u)::int, $9)`, rs, ks, ocs, ohs, obs, cs, hs, bks, len(now))
 	return nil
 }
 

@@ -817,13 +817,12 @@ func (t *tx) AppendEvents(ctx context.Context, es []allot.Event) error {
 	// Events keep their order: one table's rows are inserted in the order
 	// they were added, so seq follows it.
 	for _, e := range es {
+		var no any // NULL: numbered later (OwnNumberer)
 		if e.ChangeNo != 0 {
-			t.buf.add("events numbered", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload, change_no) VALUES `, 8,
-				e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload), e.ChangeNo)
-			continue
+			no = e.ChangeNo
 		}
-		t.buf.add("events", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload) VALUES `, 7,
-			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload))
+		t.buf.add("events", `INSERT INTO events (id, type, resource_id, order_id, hold_id, at, payload, change_no) VALUES `, 8,
+			e.ID, e.Type, e.ResourceID, e.OrderID, e.HoldID, micros(e.At), string(e.Payload), no)
 	}
 	return nil
 }
