@@ -193,9 +193,10 @@ type Tx interface {
 	UnsequencedEvents(ctx context.Context, limit int) ([]Event, error)
 	// Sequence gives events their change numbers (parallel slices) and
 	// upserts the feed items and the opportunity changes (numbered after
-	// the events); numbers must exceed every number given. With seqs nil,
-	// the events were appended with their numbers (OwnNumberer) and only
-	// the feeds and the last number given are brought up to date.
+	// the events); numbers must exceed every number given. On an
+	// OwnNumberer store, seqs may be nil: the events were appended with
+	// their numbers, and only the feeds and the last number given are
+	// brought up to date.
 	Sequence(ctx context.Context, seqs, changeNos []int64, items []FeedItem, opps []OpportunityChange) error
 	// LastChangeNumber is the highest change number given so far.
 	LastChangeNumber(ctx context.Context) (int64, error)

@@ -37,7 +37,9 @@ func (e *Engine) Sequence(ctx context.Context, limit int) (int, error) {
 // appendOwnEvents appends a batch's events; on a serial store it also
 // numbers them in the batch's transaction. It must never cost the
 // bookings: if numbering fails, what it wrote is undone and the events are
-// left to the background sequencer, which reports the failure.
+// left to the background sequencer, which reports the failure. (A serial
+// store without savepoints could not undo it; numbering there is part of
+// the batch. The SQLite store has them.)
 //
 // Where the store can write events already numbered and no older event
 // waits for a number, the numbers are worked out from the events in hand

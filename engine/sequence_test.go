@@ -225,3 +225,65 @@ func TestBatchNumbersBehindABacklog(t *testing.T) {
 		}
 	}
 }
+
+// A batch that numbers its own events in memory writes the feeds with
+// them: the order's latest state at its event's number, and each slot it
+// changed at a number of its own after its batch's events; with no
+// sequencer run at all.
+func TestOwnNumberingWritesTheFeeds(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEngine(t, Batching{Workers: 1})
+	c, starts := 5, time.Now().Add(24*time.Hour)
+	if _, err := e.CreateResource(ctx, ResourceInput{ID: "class", Name: "class", Kind: allot.KindSlot,
+		Slots: []SlotInput{{ID: "a", StartsAt: &starts, Capacity: &c}}}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := e.store.EventsAfterChange(ctx, 0, 10000)
+	if err != nil || len(all) == 0 {
+		t.Fatalf("%d events numbered, err %v", len(all), err)
+	}
+	before := all[len(all)-1].ChangeNo
+	line := []allot.Line{{ResourceID: "class", Slot: "a", Quantity: 1}}
+	if _, err := e.CreateHold(ctx, HoldInput{Lines: line}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := e.CreateOrder(ctx, OrderInput{Lines: line})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := e.store.EventsAfterChange(ctx, before, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orderNo, lastNo int64
+	for _, ev := range evs {
+		if ev.Type == allot.EventOrderCreated && ev.OrderID == o.ID {
+			orderNo = ev.ChangeNo
+		}
+		lastNo = max(lastNo, ev.ChangeNo)
+	}
+	if orderNo == 0 {
+		t.Fatalf("the order's event is not numbered: %+v", evs)
+	}
+	items, err := e.store.FeedItems(ctx, 0, 100)
+	if err != nil || len(items) != 1 || items[0].ID != o.ID || items[0].ChangeNo != orderNo {
+		t.Fatalf("orders feed %+v (%v), want order %s at %d", items, err, o.ID, orderNo)
+	}
+	opps, err := e.store.OpportunityChanges(ctx, before, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slot *allot.OpportunityChange
+	for i := range opps {
+		if opps[i].ResourceID == "class" && opps[i].Key == "a" {
+			slot = &opps[i]
+		}
+	}
+	if slot == nil || slot.ChangeNo <= lastNo {
+		t.Fatalf("opportunity changes %+v: want slot a numbered after the last event (%d)", opps, lastNo)
+	}
+	var raw int
+	if err := e.store.(*sqlite.Store).DB().QueryRowContext(ctx, `SELECT count(*) FROM events WHERE change_no IS NULL`).Scan(&raw); err != nil || raw != 0 {
+		t.Fatalf("%d events unnumbered (%v)", raw, err)
+	}
+}
