@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -145,6 +146,10 @@ func run(args []string, stderr io.Writer) int {
 	if cmd == "migrate" {
 		return 0
 	}
+	if p, ok := serveGCPercent(os.Getenv("GOGC")); ok {
+		debug.SetGCPercent(p)
+		log.Info("garbage collector target set", "gc_percent", p)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -194,6 +199,22 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// defaultGCPercent is the server's garbage-collection target when GOGC is
+// not set. Go's default, 100, collects each time the heap doubles; a server
+// whose live heap is a few tens of MB then spends about a tenth of its CPU
+// on collection (docs/benchmarks.md). 400 cuts that to about a quarter for
+// about 15 MB more memory. GOGC, and GOMEMLIMIT, still rule when set.
+const defaultGCPercent = 400
+
+// serveGCPercent is the GC target serve sets, and whether it sets one: not
+// when the operator chose one with GOGC.
+func serveGCPercent(gogc string) (int, bool) {
+	if gogc != "" {
+		return 0, false
+	}
+	return defaultGCPercent, true
 }
 
 func env(name, def string) string {

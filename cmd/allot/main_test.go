@@ -46,7 +46,7 @@ func TestServeAndShutdown(t *testing.T) {
 	addr := freeAddr(t)
 	cmd := exec.Command(os.Args[0], "serve", "--addr", addr)
 	cmd.Dir = dir // the default database lands in ./allot-data
-	cmd.Env = append(os.Environ(), "ALLOT_RUN_MAIN=1", "ALLOT_DB=")
+	cmd.Env = append(os.Environ(), "ALLOT_RUN_MAIN=1", "ALLOT_DB=", "GOGC=")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -133,7 +133,7 @@ func TestServeAndShutdown(t *testing.T) {
 	if acked.Load() == 0 {
 		t.Fatal("no order was acknowledged before the shutdown")
 	}
-	for _, want := range []string{`"msg":"allot serving"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"msg":"allot serving"`, `"msg":"stopped"`, `"gc_percent":400`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Fatalf("logs lack %s:\n%s", want, logs.String())
 		}
@@ -152,6 +152,23 @@ func TestServeAndShutdown(t *testing.T) {
 		t.Fatalf("%d orders acknowledged during shutdown, %+v on disk (%v)", acked.Load(), b, err)
 	}
 	t.Logf("%d orders acknowledged while shutting down, all on disk", acked.Load())
+}
+
+func TestServeGCPercent(t *testing.T) {
+	for _, tc := range []struct {
+		gogc string
+		want int
+		set  bool
+	}{
+		{"", defaultGCPercent, true},
+		{"100", 0, false},
+		{"off", 0, false},
+	} {
+		got, set := serveGCPercent(tc.gogc)
+		if got != tc.want || set != tc.set {
+			t.Errorf("serveGCPercent(%q) = %d, %v; want %d, %v", tc.gogc, got, set, tc.want, tc.set)
+		}
+	}
 }
 
 func TestCommands(t *testing.T) {
