@@ -406,9 +406,15 @@ func (q q) events(ctx context.Context, query string, args ...any) ([]allot.Event
 	return out, rows.Err()
 }
 
+const eventsAfterChangeSQL = `SELECT e.seq, c.change_no, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+	FROM (SELECT change_no, seq FROM event_changes WHERE change_no > $1 ORDER BY change_no LIMIT $2) c
+	CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.seq = c.seq LIMIT 1) e ORDER BY c.change_no`
+
 func (q q) EventsAfterChange(ctx context.Context, after int64, limit int) ([]allot.Event, error) {
-	return q.events(ctx, `SELECT e.seq, c.change_no, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
-		FROM event_changes c JOIN events e ON e.seq = c.seq WHERE c.change_no > $1 ORDER BY c.change_no LIMIT $2`, after, limit)
+	// Each event is looked up by its seq (LIMIT 1 keeps the planner from
+	// flattening the lookup into a join, which it may then run as a merge
+	// join that reads events from its first row).
+	return q.events(ctx, eventsAfterChangeSQL, after, limit)
 }
 
 func (q q) Cursor(ctx context.Context, name string) (int64, error) {
@@ -952,9 +958,15 @@ func (t *tx) LockSequencer(ctx context.Context) (bool, error) {
 	return ok, err
 }
 
+const unsequencedEventsSQL = `SELECT e.seq, 0::bigint, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
+	FROM (SELECT seq FROM events_pending ORDER BY seq LIMIT $1) p
+	CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.seq = p.seq LIMIT 1) e ORDER BY p.seq`
+
 func (t *tx) UnsequencedEvents(ctx context.Context, limit int) ([]allot.Event, error) {
-	return t.events(ctx, `SELECT e.seq, 0::bigint, e.id, e.type, e.resource_id, e.order_id, e.hold_id, e.at, e.payload
-		FROM events_pending p JOIN events e ON e.seq = p.seq ORDER BY p.seq LIMIT $1`, limit)
+	// As in EventsAfterChange: a lookup per pending event. Planned as a
+	// join, this read every event from the first one on each run, and cost
+	// PostgreSQL more CPU than the batches it numbered.
+	return t.events(ctx, unsequencedEventsSQL, limit)
 }
 
 func (t *tx) LastChangeNumber(ctx context.Context) (int64, error) {
