@@ -319,8 +319,9 @@ func decode(r *nethttp.Request, dst any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return malformed("the body holds more than one JSON value")
 	}
-	// Databases store no NUL in text; only a \u0000 escape can make one.
-	if bytes.Contains(bytes.ToLower(body), []byte(`\u0000`)) && hasNUL(body) {
+	// Databases store no NUL in text; only a \u0000 escape can make one
+	// (JSON spells the escape with a lower-case u only, and 0 has no case).
+	if bytes.Contains(body, []byte(`\u0000`)) && hasNUL(body) {
 		return malformed("strings may not contain the NUL character (\\u0000)")
 	}
 	return nil
