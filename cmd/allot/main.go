@@ -202,10 +202,10 @@ func run(args []string, stderr io.Writer) int {
 }
 
 // defaultGCPercent is the server's garbage-collection target when GOGC is
-// not set. Go's default, 100, collects each time the heap doubles; a server
-// whose live heap is a few tens of MB then spends about a tenth of its CPU
-// on collection (docs/benchmarks.md). 400 cuts that to about a quarter for
-// about 15 MB more memory. GOGC, and GOMEMLIMIT, still rule when set.
+// not set. Go's default, 100, collects each time the small live heap
+// doubles: under the hot load the server's CPU per hold fell by a fifth
+// (SQLite) to a quarter (PostgreSQL) at 400, for about 15 MB more memory
+// (docs/benchmarks.md, section 9). GOGC, and GOMEMLIMIT, still rule.
 const defaultGCPercent = 400
 
 // serveGCPercent is the GC target serve sets, and whether it sets one: not

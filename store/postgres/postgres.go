@@ -965,7 +965,11 @@ const unsequencedEventsSQL = `SELECT e.seq, 0::bigint, e.id, e.type, e.resource_
 func (t *tx) UnsequencedEvents(ctx context.Context, limit int) ([]allot.Event, error) {
 	// As in EventsAfterChange: a lookup per pending event. Planned as a
 	// join, this read every event from the first one on each run, and cost
-	// PostgreSQL more CPU than the batches it numbered.
+	// PostgreSQL more CPU than the batches it numbered. LIMIT counts
+	// pending rows before their lookup: it relies on events never being
+	// deleted (the trigger queues an event in the transaction that
+	// inserts it), as a pending row without its event would stall the
+	// sequencer.
 	return t.events(ctx, unsequencedEventsSQL, limit)
 }
 

@@ -150,8 +150,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		v.Set("_txlock", txlock)
 		return "file:" + path + "?" + v.Encode()
 	}
-	// The writer never checkpoints the WAL itself (a commit that did would
-	// stall its batch); a background loop does, passively.
+	// No commit checkpoints the WAL (a commit that did would stall its
+	// batch); a background loop does, passively, and only between two
+	// transactions does it use the writer (checkpointLoop).
 	w, err := sql.Open("sqlite", dsn("immediate", "wal_autocheckpoint(0)"))
 	if err != nil {
 		return nil, err
@@ -205,17 +206,18 @@ func (s *Store) checkpointLoop(ctx context.Context) {
 		switch {
 		case log > walLimit && done < log:
 			_, _ = s.w.ExecContext(ctx, `PRAGMA wal_checkpoint(RESTART)`)
-		case log > walRestartAt:
+		case log > walRestartAt && done == log:
 			// A writer starts the WAL over from its first frame only if,
 			// when it begins, every frame is already in the database. Under
 			// steady writes the passive checkpoints above, on a reader,
 			// never catch the writer between a commit and its next begin:
 			// the WAL then grew without end (38 MB/s under load), every
-			// commit lengthening the file. Between two write transactions
-			// the writer itself copies the few frames since the last
-			// checkpoint: its next transaction then starts the WAL over,
-			// and the file is overwritten in place from then on. Passive:
-			// a reader holding old frames only defers it.
+			// commit lengthening the file. So once the reader's checkpoint
+			// has caught up, the writer, between two transactions, copies
+			// the few frames committed since: its next transaction starts
+			// the WAL over, overwriting the file in place until it passes
+			// walRestartAt again. Passive: a reader still on old frames
+			// only defers it to a later tick.
 			_, _ = s.w.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
 		}
 	}
