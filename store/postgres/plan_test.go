@@ -89,3 +89,36 @@ func explain(t *testing.T, s *Store, query string, args ...any) string {
 	}
 	return plan.String()
 }
+
+// Every connection plans each execution for its parameters and the tables
+// as they are (see Open), unless the URL chose otherwise.
+func TestPlanCacheMode(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	for _, tc := range []struct {
+		name, url, want string
+	}{
+		{"default", url, "force_custom_plan"},
+		{"set in the URL", url + sep + "plan_cache_mode=auto", "auto"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(ctx, tc.url, Options{Schema: schema})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var got string
+			if err := s.pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("plan_cache_mode = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
