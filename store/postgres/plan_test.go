@@ -7,17 +7,20 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/allot/allot"
+
 	"github.com/allot/allot/store/postgres/pgtest"
 )
 
-// The sequencer and the feeds read a few events by seq. Planned as a join,
+// The sequencer and the feeds read a few events by seq, and a batch locks a
+// few buckets by key. Planned as a join,
 // PostgreSQL may choose a merge or hash join that reads the events table
 // from its first row on every call: work that grows with every event ever
 // written (a hot-bucket benchmark showed 34,000 rows read per sequencer
-// run). The queries must leave it a per-event lookup only, whatever the
+// run), or every bucket. The queries must leave it a per-row lookup only, whatever the
 // planner's statistics say: with nested loops priced out, they still plan
 // as one.
-func TestEventLookupsPlanAsNestedLoops(t *testing.T) {
+func TestLookupsPlanAsNestedLoops(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
 	s, err := Open(ctx, url, Options{Schema: pgtest.Schema(t, url)})
@@ -34,7 +37,14 @@ func TestEventLookupsPlanAsNestedLoops(t *testing.T) {
 	if _, err := s.pool.Exec(ctx, `INSERT INTO event_changes (change_no, seq) SELECT seq, seq FROM events WHERE seq <= 1000`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.pool.Exec(ctx, `ANALYZE events; ANALYZE event_changes; ANALYZE events_pending`); err != nil {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO resources (id, name, kind, capacity, created_at) VALUES ('r1', 'r1', 'stock', 1, now())`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO buckets (resource_id, bkey, capacity)
+		SELECT 'r1', to_char(date '2027-01-01' + i, 'YYYY-MM-DD'), 1 FROM generate_series(0, 1999) i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `ANALYZE events; ANALYZE event_changes; ANALYZE events_pending; ANALYZE buckets`); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -44,14 +54,15 @@ func TestEventLookupsPlanAsNestedLoops(t *testing.T) {
 	}{
 		{"unsequenced", unsequencedEventsSQL, []any{1000}},
 		{"after change", eventsAfterChangeSQL, []any{0, 1000}},
+		{"lock buckets", lockBucketsSQL, []any{[]string{"r1", "r2"}, []string{"2027-01-01", "2027-01-02"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			plan := explain(t, s, tc.query, tc.args...)
 			if !strings.Contains(plan, "Nested Loop") || strings.Contains(plan, "Merge Join") || strings.Contains(plan, "Hash Join") {
 				t.Fatalf("want a nested loop of lookups by seq, got:\n%s", plan)
 			}
-			if !strings.Contains(plan, "Index Scan using events_pkey") {
-				t.Fatalf("want events read by their primary key, got:\n%s", plan)
+			if !strings.Contains(plan, "Index Scan using events_pkey") && !strings.Contains(plan, "Index Scan using buckets_pkey") {
+				t.Fatalf("want rows read by their primary key, got:\n%s", plan)
 			}
 		})
 	}
@@ -90,8 +101,9 @@ func explain(t *testing.T, s *Store, query string, args ...any) string {
 	return plan.String()
 }
 
-// Every connection plans each execution for its parameters and the tables
-// as they are (see Open), unless the URL chose otherwise.
+// The UPDATE of buckets plans each execution, for its parameters and the
+// table as it is (see tx.customPlan); the rest keep PostgreSQL's choice; a
+// URL that sets plan_cache_mode rules everything.
 func TestPlanCacheMode(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
@@ -101,10 +113,10 @@ func TestPlanCacheMode(t *testing.T) {
 		sep = "&"
 	}
 	for _, tc := range []struct {
-		name, url, want string
+		name, url, buckets, rest string
 	}{
-		{"default", url, "force_custom_plan"},
-		{"set in the URL", url + sep + "plan_cache_mode=auto", "auto"},
+		{"default", url, "force_custom_plan", "auto"},
+		{"set in the URL", url + sep + "plan_cache_mode=force_generic_plan", "force_generic_plan", "force_generic_plan"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := Open(ctx, tc.url, Options{Schema: schema})
@@ -112,12 +124,33 @@ func TestPlanCacheMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			var got string
-			if err := s.pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&got); err != nil {
+			show := func(x *tx) string {
+				var v string
+				if err := x.db.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&v); err != nil {
+					t.Error(err)
+				}
+				return v
+			}
+			var before, during, after string
+			err = s.Write(ctx, func(atx allot.Tx) error {
+				x := atx.(*tx)
+				before = show(x)
+				x.customPlan(true)
+				during = show(x)
+				x.customPlan(false)
+				// SaveBuckets switches back after its UPDATE.
+				if err := x.SaveBuckets(ctx, []allot.Bucket{{BucketKey: allot.BucketKey{ResourceID: "r", Key: "k"}, Capacity: 1}}); err != nil {
+					return err
+				}
+				after = show(x)
+				return nil
+			})
+			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tc.want {
-				t.Fatalf("plan_cache_mode = %q, want %q", got, tc.want)
+			if before != tc.rest || during != tc.buckets || after != tc.rest {
+				t.Fatalf("plan_cache_mode %q, then %q around bucket statements, then %q; want %q, %q, %q",
+					before, during, after, tc.rest, tc.buckets, tc.rest)
 			}
 		})
 	}

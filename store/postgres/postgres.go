@@ -32,6 +32,9 @@ var migrations embed.FS
 type Store struct {
 	q
 	pool *pgxpool.Pool
+	// customPlans: the UPDATE of buckets plans each execution (see
+	// tx.customPlan), unless the URL set plan_cache_mode.
+	customPlans bool
 }
 
 var _ allot.Store = (*Store)(nil)
@@ -58,18 +61,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	if o.MaxConns > 0 {
 		cfg.MaxConns = o.MaxConns
 	}
-	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
-		// pgx prepares each statement once per connection, and PostgreSQL
-		// may then keep one generic plan for it. Planned while a table was
-		// small (a new database: nightly buckets are made on first use), a
-		// generic plan scans the whole table, and keeps scanning it as the
-		// table grows until autovacuum's next ANALYZE: the hotel benchmark
-		// ran at half speed, its batches' locking SELECT on the CPU. A
-		// custom plan, made for each execution, sees the table as it is;
-		// Allot's statements are simple to plan. A URL that sets
-		// plan_cache_mode keeps its own.
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
-	}
+	_, planModeSet := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]
 	if o.Schema != "" {
 		conn, err := pgx.Connect(ctx, url)
 		if err != nil {
@@ -86,7 +78,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	s := &Store{q: q{db: pool}, pool: pool}
+	s := &Store{q: q{db: pool}, pool: pool, customPlans: !planModeSet}
 	if err := s.migrate(ctx, o.Schema, o.migrateUpTo); err != nil {
 		pool.Close()
 		return nil, err
@@ -153,9 +145,10 @@ func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) 
 	// A connection left inside a transaction is closed, not reused, by
 	// the pool on release.
 	defer pc.Release()
-	t := &tx{conn: pc.Conn()}
+	t := &tx{conn: pc.Conn(), customPlans: s.customPlans}
 	t.q = q{db: flushing{t}}
 	t.queue(nil, "BEGIN")
+
 	defer func() {
 		if err != nil && t.conn.PgConn().TxStatus() != 'I' {
 			if _, rerr := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
@@ -526,9 +519,10 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 // A queued write that fails fails the transaction.
 type tx struct {
 	q
-	conn    *pgx.Conn
-	pending []any // *stmt or bulkRows, in order
-	bulk    map[string]bulkRows
+	conn        *pgx.Conn
+	customPlans bool
+	pending     []any // *stmt or bulkRows, in order
+	bulk        map[string]bulkRows
 }
 
 type stmt struct {
@@ -824,10 +818,36 @@ func (t *tx) LockBuckets(ctx context.Context, specs []allot.BucketSpec) ([]allot
 			return nil, err
 		}
 	}
-	// ORDER BY sorts before the rows are locked, so locks are taken in order.
-	return t.buckets(ctx, `SELECT b.resource_id, b.bkey, b.capacity, b.held, b.booked FROM buckets b
-		JOIN unnest($1::text[], $2::text[]) AS k(r, k) ON b.resource_id = k.r AND b.bkey = k.k
-		ORDER BY b.resource_id, b.bkey FOR UPDATE OF b`, rs, ks)
+	return t.buckets(ctx, lockBucketsSQL, rs, ks)
+}
+
+// lockBucketsSQL locks buckets one key at a time, in the order given (the
+// engine's key order), each found by its primary key: a lookup per key is
+// the only plan PostgreSQL can make of it. As a join, a generic plan made
+// while the table was small (a new database: nightly buckets are created
+// on first use) scanned the whole table, and kept scanning it as the table
+// grew, until autovacuum's next ANALYZE: the hotel benchmark ran at half
+// speed, its batches' locking SELECT on the CPU.
+const lockBucketsSQL = `SELECT b.resource_id, b.bkey, b.capacity, b.held, b.booked
+	FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(r, k, i)
+	CROSS JOIN LATERAL (SELECT * FROM buckets b WHERE b.resource_id = k.r AND b.bkey = k.k LIMIT 1 FOR UPDATE) b
+	ORDER BY k.i`
+
+// customPlan queues, around the UPDATE of buckets, a switch of the
+// transaction to plans made for each execution, and back: like the locking
+// SELECT as it was (see lockBucketsSQL), a generic plan of it made while
+// the table was small would scan it whole. Only this statement: planning
+// every statement of every write cost the mixed workload a third of its
+// throughput. Queued, the switches cost no round trip.
+func (t *tx) customPlan(on bool) {
+	if !t.customPlans {
+		return
+	}
+	if on {
+		t.queue(nil, "SET LOCAL plan_cache_mode = force_custom_plan")
+	} else {
+		t.queue(nil, "SET LOCAL plan_cache_mode = DEFAULT")
+	}
 }
 
 func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
@@ -839,9 +859,11 @@ func (t *tx) SaveBuckets(ctx context.Context, bs []allot.Bucket) error {
 	for i, b := range bs {
 		rs[i], ks[i], cs[i], hs[i], bks[i] = b.ResourceID, b.Key, int32(b.Capacity), int32(b.Held), int32(b.Booked)
 	}
+	t.customPlan(true)
 	t.queue(nil, `UPDATE buckets b SET capacity = v.c, held = v.h, booked = v.bk
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[]) AS v(r, k, c, h, bk)
 		WHERE b.resource_id = v.r AND b.bkey = v.k`, rs, ks, cs, hs, bks)
+	t.customPlan(false)
 	return nil
 }
 
