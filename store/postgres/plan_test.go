@@ -101,9 +101,9 @@ func explain(t *testing.T, s *Store, query string, args ...any) string {
 	return plan.String()
 }
 
-// The UPDATE of buckets plans each execution, for its parameters and the
-// table as it is (see tx.customPlan); the rest keep PostgreSQL's choice; a
-// URL that sets plan_cache_mode rules everything.
+// The statements on buckets plan each execution, for their parameters and
+// the table as it is (see tx.customPlan); the rest keep the session's
+// setting; a URL that sets plan_cache_mode rules everything.
 func TestPlanCacheMode(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
@@ -112,11 +112,13 @@ func TestPlanCacheMode(t *testing.T) {
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
+	const custom, back = "SET LOCAL plan_cache_mode = force_custom_plan", "SET LOCAL plan_cache_mode = DEFAULT"
 	for _, tc := range []struct {
-		name, url, buckets, rest string
+		name, url string
+		switches  bool
 	}{
-		{"default", url, "force_custom_plan", "auto"},
-		{"set in the URL", url + sep + "plan_cache_mode=force_generic_plan", "force_generic_plan", "force_generic_plan"},
+		{"default", url, true},
+		{"set in the URL", url + sep + "plan_cache_mode=force_generic_plan", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := Open(ctx, tc.url, Options{Schema: schema})
@@ -124,6 +126,10 @@ func TestPlanCacheMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
+			var session string
+			if err := s.pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&session); err != nil {
+				t.Fatal(err)
+			}
 			show := func(x *tx) string {
 				var v string
 				if err := x.db.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&v); err != nil {
@@ -131,26 +137,48 @@ func TestPlanCacheMode(t *testing.T) {
 				}
 				return v
 			}
-			var before, during, after string
+			queued := func(x *tx) []string {
+				var out []string
+				for _, p := range x.pending {
+					if st, ok := p.(*stmt); ok {
+						out = append(out, st.sql)
+					}
+				}
+				return out
+			}
+			var during, after string
+			var afterLock, afterSave []string
 			err = s.Write(ctx, func(atx allot.Tx) error {
 				x := atx.(*tx)
-				before = show(x)
 				x.customPlan(true)
 				during = show(x)
 				x.customPlan(false)
-				// SaveBuckets switches back after its UPDATE.
+				if _, err := x.LockBuckets(ctx, []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "r", Key: "k"}}}); err != nil {
+					return err
+				}
+				afterLock = queued(x) // the switch back, after the SELECT went
 				if err := x.SaveBuckets(ctx, []allot.Bucket{{BucketKey: allot.BucketKey{ResourceID: "r", Key: "k"}, Capacity: 1}}); err != nil {
 					return err
 				}
+				afterSave = queued(x)
 				after = show(x)
 				return nil
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if before != tc.rest || during != tc.buckets || after != tc.rest {
-				t.Fatalf("plan_cache_mode %q, then %q around bucket statements, then %q; want %q, %q, %q",
-					before, during, after, tc.rest, tc.buckets, tc.rest)
+			wantDuring, wantLock, wantSave := session, 0, 1
+			if tc.switches {
+				wantDuring, wantLock, wantSave = "force_custom_plan", 1, 4
+			}
+			if during != wantDuring || after != session {
+				t.Fatalf("plan_cache_mode %q while switched, %q after; want %q, %q", during, after, wantDuring, session)
+			}
+			if len(afterLock) != wantLock || (wantLock == 1 && afterLock[0] != back) {
+				t.Fatalf("after LockBuckets, queued %q", afterLock)
+			}
+			if len(afterSave) != wantSave || (tc.switches && (afterSave[1] != custom || afterSave[3] != back)) {
+				t.Fatalf("after SaveBuckets, queued %q", afterSave)
 			}
 		})
 	}

@@ -32,8 +32,8 @@ var migrations embed.FS
 type Store struct {
 	q
 	pool *pgxpool.Pool
-	// customPlans: the UPDATE of buckets plans each execution (see
-	// tx.customPlan), unless the URL set plan_cache_mode.
+	// customPlans: the statements on buckets plan each execution (see
+	// tx.customPlan), unless the URL sets plan_cache_mode as a parameter.
 	customPlans bool
 }
 
@@ -818,27 +818,31 @@ func (t *tx) LockBuckets(ctx context.Context, specs []allot.BucketSpec) ([]allot
 			return nil, err
 		}
 	}
+	t.customPlan(true)
+	defer t.customPlan(false)
 	return t.buckets(ctx, lockBucketsSQL, rs, ks)
 }
 
 // lockBucketsSQL locks buckets one key at a time, in the order given (the
-// engine's key order), each found by its primary key: a lookup per key is
-// the only plan PostgreSQL can make of it. As a join, a generic plan made
-// while the table was small (a new database: nightly buckets are created
-// on first use) scanned the whole table, and kept scanning it as the table
-// grew, until autovacuum's next ANALYZE: the hotel benchmark ran at half
-// speed, its batches' locking SELECT on the CPU.
+// engine's key order), each looked up by its primary key. As a join, a
+// generic plan made while the table was small (a new database: nightly
+// buckets are created on first use) scanned the whole table, and kept
+// scanning it as the table grew, until autovacuum's next ANALYZE: the hotel
+// benchmark ran at half speed, its batches' locking SELECT on the CPU. A
+// lookup per key is the only join PostgreSQL can make of this; the lookup
+// itself is planned for each execution (customPlan), as a generic plan made
+// on a table of a few pages could scan it for every key.
 const lockBucketsSQL = `SELECT b.resource_id, b.bkey, b.capacity, b.held, b.booked
 	FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(r, k, i)
 	CROSS JOIN LATERAL (SELECT * FROM buckets b WHERE b.resource_id = k.r AND b.bkey = k.k LIMIT 1 FOR UPDATE) b
 	ORDER BY k.i`
 
-// customPlan queues, around the UPDATE of buckets, a switch of the
-// transaction to plans made for each execution, and back: like the locking
-// SELECT as it was (see lockBucketsSQL), a generic plan of it made while
-// the table was small would scan it whole. Only this statement: planning
-// every statement of every write cost the mixed workload a third of its
-// throughput. Queued, the switches cost no round trip.
+// customPlan queues, around the statements on buckets (the locking SELECT
+// and the UPDATE), a switch of the transaction to plans made for each
+// execution, and back: a generic plan made while the table was small would
+// scan it whole (see lockBucketsSQL). Only these: planning every statement
+// of every write cost the mixed workload a third of its throughput.
+// Queued, the switches cost no round trip.
 func (t *tx) customPlan(on bool) {
 	if !t.customPlans {
 		return
