@@ -148,7 +148,6 @@ func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) 
 	t := &tx{conn: pc.Conn(), customPlans: s.customPlans}
 	t.q = q{db: flushing{t}}
 	t.queue(nil, "BEGIN")
-
 	defer func() {
 		if err != nil && t.conn.PgConn().TxStatus() != 'I' {
 			if _, rerr := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
