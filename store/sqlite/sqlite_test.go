@@ -52,17 +52,25 @@ func TestReopen(t *testing.T) {
 
 func BenchmarkEngine(b *testing.B) { storetest.Bench(b, open) }
 
+// openFile opens a store on a new file, closed when the test ends, and
+// returns the file's path.
+func openFile(t *testing.T) (*sqlite.Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "allot.db")
+	s, err := sqlite.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
 // TestBackgroundCheckpoint: commits do not checkpoint the WAL themselves,
 // the store's loop does, so the database file takes in what was written
 // while the store stays open.
 func TestBackgroundCheckpoint(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "allot.db")
-	s, err := sqlite.Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, path := openFile(t)
 	size := func() int64 {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -95,12 +103,7 @@ func TestBackgroundCheckpoint(t *testing.T) {
 // server under steady load grew its WAL by tens of MB a second.
 func TestWALStartsOverUnderSteadyWrites(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "allot.db")
-	s, err := sqlite.Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, path := openFile(t)
 	salt := func() string {
 		f, err := os.Open(path + "-wal")
 		if err != nil {
