@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -245,4 +246,96 @@ func TestPragmas(t *testing.T) {
 			t.Errorf("PRAGMA %s = %q (%v), want %q", p.name, got, err, p.want)
 		}
 	}
+}
+
+// TestSlimWritesMigration upgrades a database made by migrations 0001-0007,
+// with holds and events in it, and checks that 0008 keeps every row, that
+// event seqs go on from the last one, and that the b-trees it drops are
+// gone.
+func TestSlimWritesMigration(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "allot.db")
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := filepath.Glob("migrations/*.sql")
+	if err != nil || len(names) < 8 {
+		t.Fatalf("migrations: %v, %v", names, err)
+	}
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.ExecContext(ctx, q, args...); err != nil {
+			t.Fatalf("%.60s: %v", q, err)
+		}
+	}
+	exec(`CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`)
+	for _, n := range names {
+		if filepath.Base(n) >= "0008" {
+			break
+		}
+		b, err := os.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(string(b))
+		exec(`INSERT INTO schema_migrations VALUES (?, 0)`, filepath.Base(n))
+	}
+	exec(`INSERT INTO holds (id, status, customer_id, expires_at, created_at, order_id, lines) VALUES ('hld_1', 'active', 'c', 2000000, 1000000, '', '[{"resource_id":"r","quantity":2}]')`)
+	for i, no := range []any{int64(1), int64(2), nil} {
+		exec(`INSERT INTO events (id, type, resource_id, at, payload, change_no) VALUES (?, 'hold.created', 'r', 1000000, ?, ?)`,
+			fmt.Sprintf("evt_%d", i+1), fmt.Sprintf(`{"n":%d}`, i+1), no)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.GetHold(ctx, "hld_1")
+	if err != nil || h.Status != allot.HoldActive || h.CustomerID != "c" || len(h.Lines) != 1 || h.Lines[0].Quantity != 2 {
+		t.Fatalf("hold after the migration: %+v, %v", h, err)
+	}
+	evs, err := s.EventsAfter(ctx, 0, 10)
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("events after the migration: %+v, %v", evs, err)
+	}
+	for i, e := range evs {
+		if e.Seq != int64(i+1) || e.ID != fmt.Sprintf("evt_%d", i+1) || string(e.Payload) != fmt.Sprintf(`{"n":%d}`, i+1) {
+			t.Fatalf("event %d after the migration: %+v", i, e)
+		}
+	}
+	if evs[0].ChangeNo != 1 || evs[1].ChangeNo != 2 || evs[2].ChangeNo != 0 {
+		t.Fatalf("change numbers after the migration: %d %d %d", evs[0].ChangeNo, evs[1].ChangeNo, evs[2].ChangeNo)
+	}
+	err = s.Write(ctx, func(tx allot.Tx) error {
+		return tx.AppendEvents(ctx, []allot.Event{{ID: "evt_4", Type: "hold.created", At: time.Now(), Payload: []byte(`{}`)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs, err = s.EventsAfter(ctx, 3, 10); err != nil || len(evs) != 1 || evs[0].Seq != 4 {
+		t.Fatalf("the next event: %+v, %v", evs, err)
+	}
+	var schema string
+	if err := s.DB().QueryRowContext(ctx, `SELECT group_concat(name || ':' || COALESCE(sql, ''), ' | ') FROM sqlite_schema WHERE tbl_name IN ('holds', 'events')`).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"WITHOUT ROWID", "holds_status_expiry", "events_change_no", "events_unsequenced"} {
+		if !strings.Contains(schema, want) {
+			t.Errorf("schema lacks %q: %s", want, schema)
+		}
+	}
+	for _, gone := range []string{"sqlite_autoindex", "AUTOINCREMENT", "_new"} {
+		if strings.Contains(schema, gone) {
+			t.Errorf("schema still has %q: %s", gone, schema)
+		}
+	}
+	var n int
+	if err := s.DB().QueryRowContext(ctx, `SELECT count(*) FROM sqlite_sequence WHERE name = 'events'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("sqlite_sequence still counts events: %d, %v", n, err)
+	}
+	s.Close()
 }
