@@ -18,7 +18,8 @@ import (
 //
 // A row lock held across a commit caps one hot bucket at about one commit
 // per fsync. A batch locks the union of its requests' buckets once, in key
-// order, decides every request in memory in arrival order, writes all the
+// order, decides every request in memory in arrival order (those that
+// arrive meanwhile for buckets it holds join it: joiner), writes all the
 // results and commits once: one fsync for the whole batch. A request's
 // refusal is only its own answer; a database error fails the batch, whose
 // requests are then run one by one so that one bad request cannot fail its
@@ -134,7 +135,18 @@ func (e *Engine) Close() {
 
 func (e *Engine) batchLoop(b *batcher, q chan *op) {
 	defer b.wg.Done()
-	for first := range q {
+	// carry is a request taken from the queue by a batch it could not
+	// join (joiner): the next batch starts with it.
+	var carry *op
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			var ok bool
+			if first, ok = <-q; !ok {
+				return
+			}
+		}
 		batch := []*op{first}
 		var deadline <-chan time.Time
 		var timer *time.Timer
@@ -168,7 +180,37 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 		if timer != nil {
 			timer.Stop()
 		}
-		e.runBatch(batch)
+		e.runBatch(batch, joiner(q, &carry, b.cfg.MaxSize))
+	}
+}
+
+// joiner returns what a batch calls, after applying the requests it has,
+// to take one more from q: a request that arrived while the batch ran and
+// whose buckets the batch holds locked joins it and commits with it,
+// rather than waiting for the whole of this batch and then its own. The
+// first that needs a bucket the batch does not hold is left in carry for
+// the next batch, and joining stops there, so requests are still decided in
+// arrival order. A batch's size stays bounded by max.
+func joiner(q chan *op, carry **op, max int) func(w *wtx, size int) *op {
+	return func(w *wtx, size int) *op {
+		if *carry != nil || size >= max {
+			return nil
+		}
+		select {
+		case o, ok := <-q:
+			if !ok {
+				return nil
+			}
+			for _, s := range o.specs {
+				if _, locked := w.lk[s.BucketKey]; !locked {
+					*carry = o
+					return nil
+				}
+			}
+			return o
+		default:
+			return nil
+		}
 	}
 }
 
@@ -201,7 +243,7 @@ func (e *Engine) runOne(o *op) {
 	if o.done == nil {
 		o.done = make(chan opResult, 1)
 	}
-	e.runBatch([]*op{o})
+	e.runBatch([]*op{o}, nil)
 }
 
 // batchTimeout bounds one batch transaction.
@@ -211,8 +253,8 @@ const batchTimeout = 30 * time.Second
 // transaction fails, a batch of several is split into single ops (so the
 // failure stays with the op that caused it); a single op is retried when the
 // failure is transient.
-func (e *Engine) runBatch(ops []*op) {
-	results := make([]opResult, len(ops))
+func (e *Engine) runBatch(ops []*op, join func(w *wtx, size int) *op) {
+	b := &batch{ops: ops, results: make([]opResult, len(ops)), join: join}
 	start := time.Now()
 	var err error
 	for attempt := 1; ; attempt++ {
@@ -226,9 +268,10 @@ func (e *Engine) runBatch(ops []*op) {
 					err = fmt.Errorf("engine: panic applying a batch: %v", v)
 				}
 			}()
-			return e.applyBatch(ctx, tx, ops, results)
+			return e.applyBatch(ctx, tx, b)
 		})
 		cancel()
+		ops = b.ops // with those that joined, even if it failed
 		if err == nil || len(ops) > 1 || attempt >= maxAttempts || !e.store.IsRetryable(err) {
 			break
 		}
@@ -239,12 +282,12 @@ func (e *Engine) runBatch(ops []*op) {
 	if err != nil && len(ops) > 1 {
 		e.log.Warn("batch failed; running its requests one by one", "size", len(ops), "err", err)
 		for _, o := range ops {
-			e.runBatch([]*op{o})
+			e.runBatch([]*op{o}, nil)
 		}
 		return
 	}
 	for i, o := range ops {
-		r := results[i]
+		r := b.results[i]
 		if err != nil {
 			r = opResult{err: err}
 			if errors.Is(err, allot.ErrIdempotencyLost) {
@@ -257,10 +300,21 @@ func (e *Engine) runBatch(ops []*op) {
 	}
 }
 
-func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results []opResult) error {
+// batch is the requests of one transaction and their results.
+type batch struct {
+	ops     []*op
+	results []opResult
+	// join, if set, gives a request that may join the batch, or nil
+	// (joiner). One that joins is in ops at once: if the batch then fails,
+	// it is run again on its own with the others.
+	join func(w *wtx, size int) *op
+}
+
+// applyBatch applies b's requests, and those that join it, in tx.
+func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, b *batch) error {
 	seen := map[allot.BucketKey]bool{}
 	var specs []allot.BucketSpec
-	for _, o := range ops {
+	for _, o := range b.ops {
 		for _, s := range o.specs {
 			if !seen[s.BucketKey] {
 				seen[s.BucketKey] = true
@@ -281,12 +335,23 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 		w.lk[bs[i].BucketKey] = &bs[i]
 		w.orig[bs[i].BucketKey] = bs[i]
 	}
-	for i, o := range ops {
+	for i := 0; ; i++ {
+		if i == len(b.ops) {
+			var o *op
+			if b.join != nil {
+				o = b.join(w, len(b.ops))
+			}
+			if o == nil {
+				break
+			}
+			b.ops, b.results = append(b.ops, o), append(b.results, opResult{})
+		}
+		o := b.ops[i]
 		v, err := o.apply(ctx, w)
 		if err != nil && allot.CodeOf(err) == "" {
 			return err
 		}
-		results[i] = opResult{v: v, err: err}
+		b.results[i] = opResult{v: v, err: err}
 		// An answer is stored with the write; not a retry (it is run again),
 		// nor, where the caller asks, a refusal (it may be corrected).
 		if o.idem != nil && err != errRetry && (err == nil || !o.idem.OnlyEffects) {
@@ -294,7 +359,7 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, ops []*op, results
 			if err := tx.CompleteIdempotencyKey(ctx, o.idem.Key, o.idem.Token, status, body); err != nil {
 				return err
 			}
-			results[i].stored = true
+			b.results[i].stored = true
 		}
 	}
 	dirty := w.dirty()

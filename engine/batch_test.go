@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/store/sqlite"
@@ -28,7 +29,13 @@ func newTestEngine(t *testing.T, b Batching) *Engine {
 // holdOp prepares a hold of q units of "s" as the public API would.
 func holdOp(t *testing.T, e *Engine, q int) *op {
 	t.Helper()
-	d, err := e.demandOf(context.Background(), e.store, []allot.Line{{ResourceID: "s", Quantity: q}})
+	return holdOn(t, e, "s", q)
+}
+
+// holdOn prepares a hold of q units of a stock resource.
+func holdOn(t *testing.T, e *Engine, res string, q int) *op {
+	t.Helper()
+	d, err := e.demandOf(context.Background(), e.store, []allot.Line{{ResourceID: res, Quantity: q}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +58,7 @@ func holdOp(t *testing.T, e *Engine, q int) *op {
 func TestBatchDecidesInArrivalOrder(t *testing.T) {
 	e := newTestEngine(t, Batching{})
 	ops := []*op{holdOp(t, e, 2), holdOp(t, e, 2), holdOp(t, e, 1)}
-	e.runBatch(ops)
+	e.runBatch(ops, nil)
 	var codes []allot.Code
 	for _, o := range ops {
 		r := <-o.done
@@ -82,7 +89,7 @@ func TestBatchFailureIsIsolated(t *testing.T) {
 	boom := errors.New("boom")
 	bad := &op{shard: "s", done: make(chan opResult, 1), apply: func(context.Context, *wtx) (any, error) { return nil, boom }}
 	ops := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
-	e.runBatch(ops)
+	e.runBatch(ops, nil)
 	for i, o := range ops {
 		r := <-o.done
 		if i == 1 {
@@ -142,7 +149,7 @@ func TestBatchPanicIsIsolated(t *testing.T) {
 	}}
 	bad.specs = []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "s", Key: allot.StockKey}}}
 	ops := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
-	e.runBatch(ops)
+	e.runBatch(ops, nil)
 	for i, o := range ops {
 		r := <-o.done
 		if (i == 1) != (r.err != nil) {
@@ -152,5 +159,125 @@ func TestBatchPanicIsIsolated(t *testing.T) {
 	a, err := Check(context.Background(), e.store, "s")
 	if err != nil || a.Held != 2 || len(a.Violations) > 0 {
 		t.Fatalf("after a panicking op: %+v, %v", a, err)
+	}
+}
+
+// TestLateRequestsJoinTheBatch: requests queued while a batch runs join it
+// if it holds their buckets, and are decided in arrival order with it; the
+// first that needs another bucket waits for the next batch, and so does
+// every request behind it.
+func TestLateRequestsJoinTheBatch(t *testing.T) {
+	e := newTestEngine(t, Batching{})
+	c := 5
+	if _, err := e.CreateResource(context.Background(), ResourceInput{ID: "t", Name: "t", Kind: allot.KindStock, Capacity: &c}); err != nil {
+		t.Fatal(err)
+	}
+	first := holdOp(t, e, 2)
+	late := []*op{holdOp(t, e, 2), holdOp(t, e, 1), holdOn(t, e, "t", 1), holdOp(t, e, 1)}
+	q := make(chan *op, len(late))
+	for _, o := range late {
+		q <- o
+	}
+	var carry *op
+	before := e.Stats()
+	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+
+	var codes []allot.Code
+	for _, o := range append([]*op{first}, late[:2]...) {
+		r := answerOf(t, o)
+		if r.err != nil && allot.CodeOf(r.err) == "" {
+			t.Fatal(r.err)
+		}
+		codes = append(codes, allot.CodeOf(r.err))
+	}
+	// 2 fits, the next 2 does not (1 left), the 1 fits.
+	want := []allot.Code{"", allot.CodeCapacityReservedByHold, ""}
+	for i := range want {
+		if codes[i] != want[i] {
+			t.Fatalf("results %v, want %v", codes, want)
+		}
+	}
+	if st := e.Stats(); st.Batches-before.Batches != 1 || st.Ops-before.Ops != 3 {
+		t.Fatalf("want the 3 requests in one transaction: %+v -> %+v", before, st)
+	}
+	if carry != late[2] {
+		t.Fatalf("the request on another resource should wait for the next batch, carry = %v", carry)
+	}
+	if len(q) != 1 || <-q != late[3] {
+		t.Fatal("the request behind it should still be queued")
+	}
+	select {
+	case r := <-late[2].done:
+		t.Fatalf("a request that did not join was answered: %+v", r)
+	default:
+	}
+	bs, _ := e.store.Buckets(context.Background(), "s", "", "")
+	if bs[0].Held != 3 {
+		t.Fatalf("held %d, want 3", bs[0].Held)
+	}
+}
+
+// TestJoinBoundsTheBatch: no request joins a batch already at its size.
+func TestJoinBoundsTheBatch(t *testing.T) {
+	e := newTestEngine(t, Batching{})
+	q := make(chan *op, 1)
+	q <- holdOp(t, e, 1)
+	var carry *op
+	ops := []*op{holdOp(t, e, 1), holdOp(t, e, 1)}
+	e.runBatch(ops, joiner(q, &carry, 2))
+	for _, o := range ops {
+		if r := <-o.done; r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if len(q) != 1 || carry != nil {
+		t.Fatalf("a request joined a full batch: %d queued, carry %v", len(q), carry)
+	}
+}
+
+// TestJoinedPanicIsIsolated: a request that joined a batch and panics fails
+// alone; the batch's other requests, joined or not, are run again and
+// answered.
+func TestJoinedPanicIsIsolated(t *testing.T) {
+	e := newTestEngine(t, Batching{})
+	bad := &op{shard: "s", done: make(chan opResult, 1), apply: func(ctx context.Context, w *wtx) (any, error) {
+		w.lk[allot.BucketKey{ResourceID: "s", Key: allot.StockKey}].Held++
+		panic("boom")
+	}}
+	bad.specs = []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "s", Key: allot.StockKey}}}
+	late := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
+	q := make(chan *op, len(late))
+	for _, o := range late {
+		q <- o
+	}
+	var carry *op
+	first := holdOp(t, e, 1)
+	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+	// The batch stopped at the panic: the last request had not joined yet.
+	if len(q) != 1 || carry != nil {
+		t.Fatalf("%d queued, carry %v; want the last request still queued", len(q), carry)
+	}
+	for i, o := range append([]*op{first}, late[:2]...) {
+		r := answerOf(t, o)
+		if (o == bad) != (r.err != nil) {
+			t.Fatalf("op %d: %v", i, r.err)
+		}
+	}
+	a, err := Check(context.Background(), e.store, "s")
+	if err != nil || a.Held != 2 || len(a.Violations) > 0 {
+		t.Fatalf("after a joined request panicked: %+v, %v", a, err)
+	}
+}
+
+// answerOf waits for o's answer: a request that is never answered (lost by
+// its batch) fails the test rather than hanging it.
+func answerOf(t *testing.T, o *op) opResult {
+	t.Helper()
+	select {
+	case r := <-o.done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request was never answered")
+		return opResult{}
 	}
 }
