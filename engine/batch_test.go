@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -59,22 +60,9 @@ func TestBatchDecidesInArrivalOrder(t *testing.T) {
 	e := newTestEngine(t, Batching{})
 	ops := []*op{holdOp(t, e, 2), holdOp(t, e, 2), holdOp(t, e, 1)}
 	e.runBatch(ops, nil)
-	var codes []allot.Code
-	for _, o := range ops {
-		r := <-o.done
-		if r.err != nil && allot.CodeOf(r.err) == "" {
-			t.Fatal(r.err)
-		}
-		codes = append(codes, allot.CodeOf(r.err))
-	}
 	// 2 fits, the next 2 does not (1 left), the last 1 fits: a refusal in
 	// the middle does not fail its neighbours.
-	want := []allot.Code{"", allot.CodeCapacityReservedByHold, ""}
-	for i := range want {
-		if codes[i] != want[i] {
-			t.Fatalf("results %v, want %v", codes, want)
-		}
-	}
+	wantCodes(t, ops, "", allot.CodeCapacityReservedByHold, "")
 	bs, _ := e.store.Buckets(context.Background(), "s", "", "")
 	if bs[0].Held != 3 {
 		t.Fatalf("held %d, want 3", bs[0].Held)
@@ -143,11 +131,7 @@ func TestBatchesForm(t *testing.T) {
 // its neighbours carry on, and nothing of the panicking op is committed.
 func TestBatchPanicIsIsolated(t *testing.T) {
 	e := newTestEngine(t, Batching{})
-	bad := &op{shard: "s", done: make(chan opResult, 1), apply: func(ctx context.Context, w *wtx) (any, error) {
-		w.lk[allot.BucketKey{ResourceID: "s", Key: allot.StockKey}].Held++
-		panic("boom")
-	}}
-	bad.specs = []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "s", Key: allot.StockKey}}}
+	bad := panickingOp()
 	ops := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
 	e.runBatch(ops, nil)
 	for i, o := range ops {
@@ -182,21 +166,8 @@ func TestLateRequestsJoinTheBatch(t *testing.T) {
 	before := e.Stats()
 	e.runBatch([]*op{first}, joiner(q, &carry, 64))
 
-	var codes []allot.Code
-	for _, o := range append([]*op{first}, late[:2]...) {
-		r := answerOf(t, o)
-		if r.err != nil && allot.CodeOf(r.err) == "" {
-			t.Fatal(r.err)
-		}
-		codes = append(codes, allot.CodeOf(r.err))
-	}
 	// 2 fits, the next 2 does not (1 left), the 1 fits.
-	want := []allot.Code{"", allot.CodeCapacityReservedByHold, ""}
-	for i := range want {
-		if codes[i] != want[i] {
-			t.Fatalf("results %v, want %v", codes, want)
-		}
-	}
+	wantCodes(t, append([]*op{first}, late[:2]...), "", allot.CodeCapacityReservedByHold, "")
 	if st := e.Stats(); st.Batches-before.Batches != 1 || st.Ops-before.Ops != 3 {
 		t.Fatalf("want the 3 requests in one transaction: %+v -> %+v", before, st)
 	}
@@ -240,11 +211,7 @@ func TestJoinBoundsTheBatch(t *testing.T) {
 // answered.
 func TestJoinedPanicIsIsolated(t *testing.T) {
 	e := newTestEngine(t, Batching{})
-	bad := &op{shard: "s", done: make(chan opResult, 1), apply: func(ctx context.Context, w *wtx) (any, error) {
-		w.lk[allot.BucketKey{ResourceID: "s", Key: allot.StockKey}].Held++
-		panic("boom")
-	}}
-	bad.specs = []allot.BucketSpec{{BucketKey: allot.BucketKey{ResourceID: "s", Key: allot.StockKey}}}
+	bad := panickingOp()
 	late := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
 	q := make(chan *op, len(late))
 	for _, o := range late {
@@ -280,4 +247,30 @@ func answerOf(t *testing.T, o *op) opResult {
 		t.Fatal("a request was never answered")
 		return opResult{}
 	}
+}
+
+// wantCodes checks the answers of ops: their error codes, "" for success.
+func wantCodes(t *testing.T, ops []*op, want ...allot.Code) {
+	t.Helper()
+	var codes []allot.Code
+	for _, o := range ops {
+		r := answerOf(t, o)
+		if r.err != nil && allot.CodeOf(r.err) == "" {
+			t.Fatal(r.err)
+		}
+		codes = append(codes, allot.CodeOf(r.err))
+	}
+	if !slices.Equal(codes, want) {
+		t.Fatalf("results %v, want %v", codes, want)
+	}
+}
+
+// panickingOp holds a unit of "s", then panics.
+func panickingOp() *op {
+	k := allot.BucketKey{ResourceID: "s", Key: allot.StockKey}
+	return &op{shard: "s", done: make(chan opResult, 1), specs: []allot.BucketSpec{{BucketKey: k}},
+		apply: func(ctx context.Context, w *wtx) (any, error) {
+			w.lk[k].Held++
+			panic("boom")
+		}}
 }
