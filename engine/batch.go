@@ -34,7 +34,8 @@ type Batching struct {
 	MaxSize int
 	// Linger is how long a batch may wait for company after its first
 	// request. Zero means natural batching only: a batch takes whatever
-	// queued while the previous one ran, and never waits.
+	// queued while the previous one ran, and never waits; either way,
+	// requests that come while it runs may still join it (joiner).
 	Linger time.Duration
 }
 
@@ -147,7 +148,7 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 				return
 			}
 		}
-		batch := []*op{first}
+		ops := []*op{first}
 		var deadline <-chan time.Time
 		var timer *time.Timer
 		if b.cfg.Linger > 0 {
@@ -155,13 +156,13 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 			deadline = timer.C
 		}
 	gather:
-		for len(batch) < b.cfg.MaxSize {
+		for len(ops) < b.cfg.MaxSize {
 			select {
 			case o, ok := <-q:
 				if !ok {
 					break gather
 				}
-				batch = append(batch, o)
+				ops = append(ops, o)
 			default:
 				if deadline == nil {
 					break gather
@@ -171,7 +172,7 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 					if !ok {
 						break gather
 					}
-					batch = append(batch, o)
+					ops = append(ops, o)
 				case <-deadline:
 					break gather
 				}
@@ -180,7 +181,7 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 		if timer != nil {
 			timer.Stop()
 		}
-		e.runBatch(batch, joiner(q, &carry, b.cfg.MaxSize))
+		e.runBatch(ops, joiner(q, &carry, b.cfg.MaxSize))
 	}
 }
 
@@ -190,10 +191,10 @@ func (e *Engine) batchLoop(b *batcher, q chan *op) {
 // rather than waiting for the whole of this batch and then its own. The
 // first that needs a bucket the batch does not hold is left in carry for
 // the next batch, and joining stops there, so requests are still decided in
-// arrival order. A batch's size stays bounded by max.
-func joiner(q chan *op, carry **op, max int) func(w *wtx, size int) *op {
+// arrival order. A batch's size stays bounded by maxSize.
+func joiner(q chan *op, carry **op, maxSize int) func(w *wtx, size int) *op {
 	return func(w *wtx, size int) *op {
-		if *carry != nil || size >= max {
+		if *carry != nil || size >= maxSize {
 			return nil
 		}
 		select {
@@ -345,6 +346,7 @@ func (e *Engine) applyBatch(ctx context.Context, tx allot.Tx, b *batch) error {
 				break
 			}
 			b.ops, b.results = append(b.ops, o), append(b.results, opResult{})
+			e.metrics.joined.Add(1)
 		}
 		o := b.ops[i]
 		v, err := o.apply(ctx, w)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,7 +169,7 @@ func TestLateRequestsJoinTheBatch(t *testing.T) {
 
 	// 2 fits, the next 2 does not (1 left), the 1 fits.
 	wantCodes(t, append([]*op{first}, late[:2]...), "", allot.CodeCapacityReservedByHold, "")
-	if st := e.Stats(); st.Batches-before.Batches != 1 || st.Ops-before.Ops != 3 {
+	if st := e.Stats(); st.Batches-before.Batches != 1 || st.Ops-before.Ops != 3 || st.JoinedOps-before.JoinedOps != 2 {
 		t.Fatalf("want the 3 requests in one transaction: %+v -> %+v", before, st)
 	}
 	if carry != late[2] {
@@ -273,4 +274,76 @@ func panickingOp() *op {
 			w.lk[k].Held++
 			panic("boom")
 		}}
+}
+
+// flakyStore fails the first fails writes after running them (rolled back),
+// with an error it calls retryable.
+type flakyStore struct {
+	allot.Store
+	fails atomic.Int32
+}
+
+var errFlaky = errors.New("flaky store: try again")
+
+func (f *flakyStore) Write(ctx context.Context, fn func(allot.Tx) error) error {
+	if f.fails.Add(-1) < 0 {
+		return f.Store.Write(ctx, fn)
+	}
+	return f.Store.Write(ctx, func(tx allot.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return errFlaky
+	})
+}
+
+func (f *flakyStore) IsRetryable(err error) bool {
+	return errors.Is(err, errFlaky) || f.Store.IsRetryable(err)
+}
+
+// TestRetryKeepsTheCarriedRequest: a batch of one that is retried after a
+// request was carried for the next batch does not take another from the
+// queue in its retry (it would replace the carried one, which would never
+// be answered).
+func TestRetryKeepsTheCarriedRequest(t *testing.T) {
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &flakyStore{Store: s}
+	e := New(f, Options{})
+	t.Cleanup(func() { e.Close(); s.Close() })
+	three, five := 3, 5
+	for _, r := range []ResourceInput{{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &three}, {ID: "t", Name: "t", Kind: allot.KindStock, Capacity: &five}} {
+		if _, err := e.CreateResource(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x, y := holdOn(t, e, "t", 1), holdOn(t, e, "t", 1)
+	q := make(chan *op, 2)
+	q <- x
+	q <- y
+	var carry *op
+	first := holdOp(t, e, 1)
+	f.fails.Store(1)
+	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+	wantCodes(t, []*op{first}, "")
+	if carry != x || len(q) != 1 {
+		t.Fatalf("after the retry: carry %v (want the first request on t), %d queued (want 1)", carry, len(q))
+	}
+	if a, err := Check(ctx, e.store, "s"); err != nil || a.Held != 1 || len(a.Violations) > 0 {
+		t.Fatalf("the retried hold: %+v, %v", a, err)
+	}
+}
+
+// TestJoinerStopsAtAClosedQueue: when the engine closes, a batch that is
+// joining takes nothing more and carries nothing.
+func TestJoinerStopsAtAClosedQueue(t *testing.T) {
+	q := make(chan *op)
+	close(q)
+	var carry *op
+	if o := joiner(q, &carry, 64)(&wtx{lk: locked{}}, 1); o != nil || carry != nil {
+		t.Fatalf("joined %v, carried %v from a closed queue", o, carry)
+	}
 }

@@ -13,6 +13,7 @@ var slowBatchMs = [...]int64{5, 10, 20, 50}
 // metrics counts what the write path does, for operators and benchmarks.
 type metrics struct {
 	batches, ops, failed, nanos, maxNanos atomic.Int64
+	joined                                atomic.Int64
 	slow                                  [len(slowBatchMs)]atomic.Int64
 }
 
@@ -38,9 +39,12 @@ func (m *metrics) batch(size int, took time.Duration, err error) {
 
 // Stats is a snapshot of the write path's counters.
 type Stats struct {
-	Batches       int64   `json:"batches"`
-	Ops           int64   `json:"ops"`
-	FailedBatches int64   `json:"failed_batches"`
+	Batches       int64 `json:"batches"`
+	Ops           int64 `json:"ops"`
+	FailedBatches int64 `json:"failed_batches"`
+	// JoinedOps counts the requests that joined a batch already running
+	// (late joining; they are also in Ops).
+	JoinedOps     int64   `json:"joined_ops"`
 	MeanBatchSize float64 `json:"mean_batch_size"`
 	MeanBatchMs   float64 `json:"mean_batch_ms"`
 	MaxBatchMs    float64 `json:"max_batch_ms"`
@@ -52,7 +56,7 @@ type Stats struct {
 // Stats returns the counters since the engine started.
 func (e *Engine) Stats() Stats {
 	s := Stats{Batches: e.metrics.batches.Load(), Ops: e.metrics.ops.Load(), FailedBatches: e.metrics.failed.Load(),
-		MaxBatchMs: float64(e.metrics.maxNanos.Load()) / 1e6, BatchesOverMs: map[string]int64{}}
+		JoinedOps: e.metrics.joined.Load(), MaxBatchMs: float64(e.metrics.maxNanos.Load()) / 1e6, BatchesOverMs: map[string]int64{}}
 	if s.Batches > 0 {
 		s.MeanBatchSize = float64(s.Ops) / float64(s.Batches)
 		s.MeanBatchMs = float64(e.metrics.nanos.Load()) / float64(s.Batches) / 1e6

@@ -152,8 +152,11 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	// No commit checkpoints the WAL (a commit that did would stall its
 	// batch); a background loop does, passively, and only between two
-	// transactions does it use the writer (checkpointLoop).
-	w, err := sql.Open("sqlite", dsn("immediate", "wal_autocheckpoint(0)"))
+	// transactions does it use the writer (checkpointLoop). When the WAL
+	// starts over, the writer truncates a file grown past 64 MB (by a big
+	// transaction, such as a migration that copies a table) instead of
+	// keeping it at its largest for as long as the process runs.
+	w, err := sql.Open("sqlite", dsn("immediate", "wal_autocheckpoint(0)", "journal_size_limit(67108864)"))
 	if err != nil {
 		return nil, err
 	}
