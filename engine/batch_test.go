@@ -347,3 +347,59 @@ func TestJoinerStopsAtAClosedQueue(t *testing.T) {
 		t.Fatalf("joined %v, carried %v from a closed queue", o, carry)
 	}
 }
+
+// TestJoinedRequestsStoreTheirResponses: a request that joins a batch
+// stores its response with its Idempotency-Key in the batch's transaction;
+// one whose key was taken over fails the batch, whose requests then run
+// one by one, so that only it is refused.
+func TestJoinedRequestsStoreTheirResponses(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEngine(t, Batching{})
+	now := time.Now()
+	idem := func(o *op, key string) *op {
+		t.Helper()
+		if rec, err := e.store.ClaimIdempotencyKey(ctx, allot.IdempotencyClaim{Key: key, Hash: "h", Token: "tok-" + key, At: now}, time.Minute); err != nil || rec != nil {
+			t.Fatalf("claiming %s: %+v, %v", key, rec, err)
+		}
+		o.idem = &Idem{Key: key, Token: "tok-" + key, Render: func(any, error) (int, []byte) { return 201, []byte("response " + key) }}
+		return o
+	}
+	stored := func(o *op) {
+		t.Helper()
+		rec, err := e.store.ClaimIdempotencyKey(ctx, allot.IdempotencyClaim{Key: o.idem.Key, Hash: "h", Token: "later", At: now}, time.Minute)
+		if err != nil || rec == nil || !rec.Done || rec.Status != 201 || string(rec.Body) != "response "+o.idem.Key || !o.idem.Completed {
+			t.Fatalf("key %s after the batch: %+v, %v, completed %v", o.idem.Key, rec, err, o.idem.Completed)
+		}
+	}
+	run := func(first *op, late ...*op) Stats {
+		t.Helper()
+		q := make(chan *op, len(late))
+		for _, o := range late {
+			q <- o
+		}
+		var carry *op
+		before := e.Stats()
+		e.runBatch([]*op{first}, joiner(q, &carry, 64))
+		st := e.Stats()
+		return Stats{Batches: st.Batches - before.Batches, JoinedOps: st.JoinedOps - before.JoinedOps, FailedBatches: st.FailedBatches - before.FailedBatches}
+	}
+
+	first, joined := idem(holdOp(t, e, 1), "k1"), idem(holdOp(t, e, 1), "k2")
+	if st := run(first, joined); st.Batches != 1 || st.JoinedOps != 1 {
+		t.Fatalf("want one transaction with one joined request: %+v", st)
+	}
+	wantCodes(t, []*op{first, joined}, "", "")
+	stored(first)
+	stored(joined)
+
+	next, lost := idem(holdOp(t, e, 1), "k3"), idem(holdOp(t, e, 1), "k4")
+	lost.idem.Token = "another request's token"
+	if st := run(next, lost); st.JoinedOps != 1 || st.FailedBatches < 1 {
+		t.Fatalf("want the request to join and the batch to fail: %+v", st)
+	}
+	wantCodes(t, []*op{next, lost}, "", allot.CodeIdempotencyInFlight)
+	stored(next)
+	if a, err := Check(ctx, e.store, "s"); err != nil || a.Held != 3 || len(a.Violations) > 0 {
+		t.Fatalf("after the batches: %+v, %v", a, err)
+	}
+}
