@@ -334,7 +334,8 @@ func statsSince(before *engine.Stats, after engine.Stats) engine.Stats {
 		return after
 	}
 	d := engine.Stats{Batches: after.Batches - before.Batches, Ops: after.Ops - before.Ops,
-		FailedBatches: after.FailedBatches - before.FailedBatches, MaxBatchMs: after.MaxBatchMs, BatchesOverMs: map[string]int64{}}
+		FailedBatches: after.FailedBatches - before.FailedBatches, JoinedOps: after.JoinedOps - before.JoinedOps,
+		MaxBatchMs: after.MaxBatchMs, BatchesOverMs: map[string]int64{}}
 	if d.Batches > 0 {
 		d.MeanBatchSize = float64(d.Ops) / float64(d.Batches)
 		d.MeanBatchMs = (after.MeanBatchMs*float64(after.Batches) - before.MeanBatchMs*float64(before.Batches)) / float64(d.Batches)
