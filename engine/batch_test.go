@@ -159,13 +159,8 @@ func TestLateRequestsJoinTheBatch(t *testing.T) {
 	}
 	first := holdOp(t, e, 2)
 	late := []*op{holdOp(t, e, 2), holdOp(t, e, 1), holdOn(t, e, "t", 1), holdOp(t, e, 1)}
-	q := make(chan *op, len(late))
-	for _, o := range late {
-		q <- o
-	}
-	var carry *op
 	before := e.Stats()
-	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+	q, carry := runJoining(e, []*op{first}, late, 64)
 
 	// 2 fits, the next 2 does not (1 left), the 1 fits.
 	wantCodes(t, append([]*op{first}, late[:2]...), "", allot.CodeCapacityReservedByHold, "")
@@ -192,11 +187,8 @@ func TestLateRequestsJoinTheBatch(t *testing.T) {
 // TestJoinBoundsTheBatch: no request joins a batch already at its size.
 func TestJoinBoundsTheBatch(t *testing.T) {
 	e := newTestEngine(t, Batching{})
-	q := make(chan *op, 1)
-	q <- holdOp(t, e, 1)
-	var carry *op
 	ops := []*op{holdOp(t, e, 1), holdOp(t, e, 1)}
-	e.runBatch(ops, joiner(q, &carry, 2))
+	q, carry := runJoining(e, ops, []*op{holdOp(t, e, 1)}, 2)
 	for _, o := range ops {
 		if r := <-o.done; r.err != nil {
 			t.Fatal(r.err)
@@ -214,13 +206,8 @@ func TestJoinedPanicIsIsolated(t *testing.T) {
 	e := newTestEngine(t, Batching{})
 	bad := panickingOp()
 	late := []*op{holdOp(t, e, 1), bad, holdOp(t, e, 1)}
-	q := make(chan *op, len(late))
-	for _, o := range late {
-		q <- o
-	}
-	var carry *op
 	first := holdOp(t, e, 1)
-	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+	q, carry := runJoining(e, []*op{first}, late, 64)
 	// The batch stopped at the panic: the last request had not joined yet.
 	if len(q) != 1 || carry != nil {
 		t.Fatalf("%d queued, carry %v; want the last request still queued", len(q), carry)
@@ -321,13 +308,9 @@ func TestRetryKeepsTheCarriedRequest(t *testing.T) {
 		}
 	}
 	x, y := holdOn(t, e, "t", 1), holdOn(t, e, "t", 1)
-	q := make(chan *op, 2)
-	q <- x
-	q <- y
-	var carry *op
 	first := holdOp(t, e, 1)
 	f.fails.Store(1)
-	e.runBatch([]*op{first}, joiner(q, &carry, 64))
+	q, carry := runJoining(e, []*op{first}, []*op{x, y}, 64)
 	wantCodes(t, []*op{first}, "")
 	if carry != x || len(q) != 1 {
 		t.Fatalf("after the retry: carry %v (want the first request on t), %d queued (want 1)", carry, len(q))
@@ -373,13 +356,8 @@ func TestJoinedRequestsStoreTheirResponses(t *testing.T) {
 	}
 	run := func(first *op, late ...*op) Stats {
 		t.Helper()
-		q := make(chan *op, len(late))
-		for _, o := range late {
-			q <- o
-		}
-		var carry *op
 		before := e.Stats()
-		e.runBatch([]*op{first}, joiner(q, &carry, 64))
+		runJoining(e, []*op{first}, late, 64)
 		st := e.Stats()
 		return Stats{Batches: st.Batches - before.Batches, JoinedOps: st.JoinedOps - before.JoinedOps, FailedBatches: st.FailedBatches - before.FailedBatches}
 	}
@@ -402,4 +380,17 @@ func TestJoinedRequestsStoreTheirResponses(t *testing.T) {
 	if a, err := Check(ctx, e.store, "s"); err != nil || a.Held != 3 || len(a.Violations) > 0 {
 		t.Fatalf("after the batches: %+v, %v", a, err)
 	}
+}
+
+// runJoining runs a batch of ops with late queued behind it, which may join
+// it up to maxSize, and returns the queue as the batch left it and the
+// request it carried for the next batch.
+func runJoining(e *Engine, ops, late []*op, maxSize int) (chan *op, *op) {
+	q := make(chan *op, len(late))
+	for _, o := range late {
+		q <- o
+	}
+	var carry *op
+	e.runBatch(ops, joiner(q, &carry, maxSize))
+	return q, carry
 }
