@@ -8,18 +8,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/allot/allot"
-
 	"github.com/allot/allot/store/postgres/pgtest"
 )
 
 // The sequencer and the feeds read a few events by seq, and a batch locks a
-// few buckets by key. Planned as a join,
-// PostgreSQL may choose a merge or hash join that reads the events table
-// from its first row on every call: work that grows with every event ever
-// written (a hot-bucket benchmark showed 34,000 rows read per sequencer
-// run), or every bucket. The queries must leave it a per-row lookup only, whatever the
-// planner's statistics say: with nested loops priced out, they still plan
-// as one.
+// few buckets by key. Planned as a join, PostgreSQL may choose a merge or
+// hash join that reads the events table from its first row on every call:
+// work that grows with every event ever written (a hot-bucket benchmark
+// showed 34,000 rows read per sequencer run), or every bucket. The queries
+// must leave it a per-row lookup only, whatever the planner's statistics
+// say: with nested loops priced out, they still plan as one.
 func TestLookupsPlanAsNestedLoops(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
