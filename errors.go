@@ -25,6 +25,10 @@ const (
 	CodeCurrencyMismatch       Code = "currency-mismatch"
 	CodeUnknownCustomer        Code = "unknown-customer"
 	CodeUnauthorized           Code = "unauthorized"
+	// CodeOutcomeUnknown: the database did not confirm whether a write
+	// committed (its connection broke during COMMIT) and could not be asked
+	// since. The write may have happened.
+	CodeOutcomeUnknown Code = "outcome-unknown"
 )
 
 // Error is a domain error: a refusal or bad input that the caller can fix or
@@ -72,3 +76,9 @@ var ErrConflict = errors.New("already exists")
 // (it had gone stale) before this request could complete it; the request's
 // transaction must roll back so that its effect happens once.
 var ErrIdempotencyLost = errors.New("idempotency claim lost")
+
+// ErrOutcomeUnknown is returned by a store's Write when it sent COMMIT but
+// cannot tell whether the transaction committed. Unlike any other failed
+// Write, it must not be taken as rolled back: running the requests again
+// could do twice what was done, or refuse a client what it was given.
+var ErrOutcomeUnknown = errors.New("commit outcome unknown")

@@ -280,6 +280,18 @@ func (e *Engine) runBatch(ops []*op, join func(w *wtx, size int) *op) {
 		time.Sleep(time.Duration(attempt*attempt) * time.Millisecond)
 	}
 	e.metrics.batch(len(ops), time.Since(start), err)
+	if errors.Is(err, allot.ErrOutcomeUnknown) {
+		// The batch may have committed: running its requests again could
+		// book twice, or refuse a client the capacity it was just given.
+		// Each is told so; one with an Idempotency-Key learns the outcome
+		// by retrying with it.
+		e.log.Error("a batch's commit outcome is unknown; its requests are answered so, not run again", "size", len(ops), "err", err)
+		for _, o := range ops {
+			o.done <- opResult{err: allot.Errorf(allot.CodeOutcomeUnknown,
+				"the database did not confirm whether this request took effect; retry it with the same Idempotency-Key to learn what happened, or look it up before trying again")}
+		}
+		return
+	}
 	if err != nil && len(ops) > 1 {
 		e.log.Warn("batch failed; running its requests one by one", "size", len(ops), "err", err)
 		for _, o := range ops {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -393,4 +394,106 @@ func runJoining(e *Engine, ops, late []*op, maxSize int) (chan *op, *op) {
 	var carry *op
 	e.runBatch(ops, joiner(q, &carry, maxSize))
 	return q, carry
+}
+
+// lostCommitStore commits every n-th write, then reports its outcome as
+// unknown, as a store does when the answer to COMMIT was lost.
+type lostCommitStore struct {
+	allot.Store
+	n      int32
+	writes atomic.Int32
+	lost   atomic.Int32
+}
+
+func (f *lostCommitStore) Write(ctx context.Context, fn func(allot.Tx) error) error {
+	err := f.Store.Write(ctx, fn)
+	if err == nil && f.n > 0 && f.writes.Add(1)%f.n == 0 {
+		f.lost.Add(1)
+		return fmt.Errorf("%w: connection reset", allot.ErrOutcomeUnknown)
+	}
+	return err
+}
+
+// TestLostCommitIsNotRunAgain: a batch whose commit outcome is unknown is
+// not split and run again. It committed here: running it again refused
+// both requests the capacity they had just been given.
+func TestLostCommitIsNotRunAgain(t *testing.T) {
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &lostCommitStore{Store: s}
+	e := New(f, Options{})
+	t.Cleanup(func() { e.Close(); s.Close() })
+	three := 3
+	if _, err := e.CreateResource(ctx, ResourceInput{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &three}); err != nil {
+		t.Fatal(err)
+	}
+	ops := []*op{holdOp(t, e, 1), holdOp(t, e, 2)}
+	f.n = 1
+	e.runBatch(ops, nil)
+	f.n = 0
+	wantCodes(t, ops, allot.CodeOutcomeUnknown, allot.CodeOutcomeUnknown)
+	if a, err := Check(ctx, s, "s"); err != nil || a.Held != 3 || len(a.Violations) > 0 {
+		t.Fatalf("after the lost commit: %+v, %v; want the 3 units held once", a, err)
+	}
+}
+
+// TestLostCommitsUnderLoad races holders through the batching engine while
+// some commits lose their answer. No request is refused (there is room for
+// all), none fails otherwise, every hold answered is stored, and a hold is
+// stored for every request whose outcome was unknown (they all committed):
+// nothing ran twice.
+func TestLostCommitsUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &lostCommitStore{Store: s}
+	e := New(f, Options{Batching: Batching{Workers: 1, MaxSize: 16}})
+	t.Cleanup(func() { e.Close(); s.Close() })
+	capacity := 1000
+	if _, err := e.CreateResource(ctx, ResourceInput{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &capacity}); err != nil {
+		t.Fatal(err)
+	}
+	f.n = 3
+	const workers, each = 16, 20
+	var ok, unknown atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				h, err := e.CreateHold(ctx, HoldInput{Lines: []allot.Line{{ResourceID: "s", Quantity: 1}}})
+				switch {
+				case err == nil:
+					if _, gerr := s.GetHold(ctx, h.ID); gerr != nil {
+						errs <- fmt.Errorf("hold %s answered but not stored: %v", h.ID, gerr)
+					}
+					ok.Add(1)
+				case allot.CodeOf(err) == allot.CodeOutcomeUnknown:
+					unknown.Add(1)
+				default:
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if f.lost.Load() == 0 || unknown.Load() == 0 {
+		t.Fatalf("no commit lost its answer (%d lost, %d unknown): the test tested nothing", f.lost.Load(), unknown.Load())
+	}
+	a, err := Check(ctx, s, "s")
+	if err != nil || len(a.Violations) > 0 {
+		t.Fatalf("audit: %+v, %v", a, err)
+	}
+	if want := int(ok.Load() + unknown.Load()); a.Held != want {
+		t.Fatalf("held %d, want %d (%d answered, %d unknown, all committed)", a.Held, want, ok.Load(), unknown.Load())
+	}
 }

@@ -45,6 +45,7 @@ var problemStatus = map[allot.Code]struct {
 	allot.CodeCurrencyMismatch:       {422, "Lines priced in different currencies"},
 	allot.CodeUnknownCustomer:        {422, "Unknown customer"},
 	allot.CodeUnauthorized:           {401, "Unauthorized"},
+	allot.CodeOutcomeUnknown:         {503, "The outcome of the request is unknown"},
 	codeMalformed:                    {400, "Malformed request"},
 	codeTooLarge:                     {413, "Request body too large"},
 	codeMediaType:                    {415, "Unsupported media type"},

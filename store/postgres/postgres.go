@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -137,33 +138,52 @@ func (s *Store) migrate(ctx context.Context, schema, upTo string) error {
 // are re-read at their latest committed version, which is what the engine
 // decides on. BEGIN travels with the first statement and COMMIT with the
 // last writes, so a batch costs no round trip of its own for either.
-func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) {
+//
+// If the connection breaks once COMMIT may have been sent, Write asks the
+// server, on another connection, whether the transaction committed
+// (resolveCommit): a commit whose answer was lost is still a success, and
+// only a transaction known to have rolled back is reported as failed.
+func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) error {
+	t, err := s.write(ctx, fn)
+	if t != nil && t.commitLost {
+		// The broken connection is back in the pool (which drops it), so
+		// that asking does not wait for it.
+		return s.resolveCommit(ctx, t, err)
+	}
+	return err
+}
+
+func (s *Store) write(ctx context.Context, fn func(allot.Tx) error) (t *tx, err error) {
 	pc, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// A connection left inside a transaction is closed, not reused, by
 	// the pool on release.
 	defer pc.Release()
-	t := &tx{conn: pc.Conn(), customPlans: s.customPlans}
+	t = &tx{conn: pc.Conn(), customPlans: s.customPlans, pid: pc.Conn().PgConn().PID()}
 	t.q = q{db: flushing{t}}
 	t.queue(nil, "BEGIN")
+	// The transaction's id, read with its first statement: if the
+	// connection breaks during COMMIT, it is how to ask whether the
+	// transaction committed.
+	t.pending = append(t.pending, &stmt{sql: "SELECT pg_current_xact_id()::text", row: func(r pgx.Row) error { return r.Scan(&t.xid) }})
 	defer func() {
-		if err != nil && t.conn.PgConn().TxStatus() != 'I' {
+		if err != nil && !t.commitLost && t.conn.PgConn().TxStatus() != 'I' {
 			if _, rerr := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
 				t.conn.Close(context.WithoutCancel(ctx))
 			}
 		}
 	}()
 	if err := fn(t); err != nil {
-		return err
+		return t, err
 	}
 	// A write judged here, on its command tag (an Idempotency-Key still
 	// ours), must be judged before COMMIT is sent: in one pipeline the
 	// server would commit before the client saw the verdict.
 	if t.checked() {
 		if err := t.flush(ctx); err != nil {
-			return err
+			return t, err
 		}
 	}
 	t.queue(func(ct pgconn.CommandTag) error {
@@ -172,11 +192,60 @@ func (s *Store) Write(ctx context.Context, fn func(allot.Tx) error) (err error) 
 		}
 		return nil
 	}, "COMMIT")
-	return t.flush(ctx)
+	err = t.flush(ctx)
+	// A server's error is an answer: the transaction rolled back. A broken
+	// connection after the pipeline was sent is not: COMMIT may have
+	// reached the server and its answer been lost.
+	t.commitLost = err != nil && t.conn.IsClosed() && !pgconn.SafeToRetry(err)
+	return t, err
+}
+
+// commitResolveTimeout bounds how long Write asks after a lost COMMIT.
+var commitResolveTimeout = 15 * time.Second
+
+// resolveCommit finds out, on another connection, whether the transaction
+// whose COMMIT went unanswered committed: nil if it did, err if it rolled
+// back, and err wrapped in allot.ErrOutcomeUnknown if that cannot be told.
+// Its server process may still be running it: that process is stopped
+// after a while (it can only end the transaction), so that the answer is
+// final and its locks are released.
+func (s *Store) resolveCommit(ctx context.Context, t *tx, err error) error {
+	unknown := fmt.Errorf("%w: %w", allot.ErrOutcomeUnknown, err)
+	if t.xid == "" {
+		return unknown
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitResolveTimeout)
+	defer cancel()
+	wait := 10 * time.Millisecond
+	for start := time.Now(); ; {
+		var st *string
+		qerr := s.pool.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, t.xid).Scan(&st)
+		switch {
+		case qerr == nil && st != nil && *st == "committed":
+			slog.Warn("a COMMIT went unanswered; the transaction committed", "xid", t.xid, "err", err)
+			return nil
+		case qerr == nil && st != nil && *st == "aborted":
+			return err
+		case qerr == nil && st != nil && *st == "in progress" && time.Since(start) > time.Second:
+			// Only the connection that ran it could end it, and that one is
+			// gone: stop its process (if it is still this transaction's).
+			_, _ = s.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE pid = $1 AND backend_xid::text = ($2::text::bigint % 4294967296)::text`, t.pid, t.xid)
+		}
+		select {
+		case <-ctx.Done():
+			return unknown
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // IsRetryable reports deadlocks and serialization failures.
 func (s *Store) IsRetryable(err error) bool {
+	if errors.Is(err, allot.ErrOutcomeUnknown) {
+		return false
+	}
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 }
@@ -518,6 +587,9 @@ func (s *Store) DeleteIdempotencyKeysBefore(ctx context.Context, t time.Time) (i
 // A queued write that fails fails the transaction.
 type tx struct {
 	q
+	xid         string // the transaction's id (xid8), once read
+	pid         uint32 // its server process
+	commitLost  bool   // the connection broke once COMMIT may have been sent
 	conn        *pgx.Conn
 	customPlans bool
 	pending     []any // *stmt or bulkRows, in order
@@ -528,6 +600,8 @@ type stmt struct {
 	sql   string
 	args  []any
 	check func(pgconn.CommandTag) error
+	// row, if set, reads the statement's one row instead (check unused).
+	row func(pgx.Row) error
 }
 
 // bulkRows accumulates rows for one multi-row INSERT.
@@ -535,7 +609,7 @@ type bulkRows interface{ statement() (string, []any) }
 
 // queue adds a write; check, if set, judges its command tag.
 func (t *tx) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
-	t.pending = append(t.pending, &stmt{sql, args, check})
+	t.pending = append(t.pending, &stmt{sql: sql, args: args, check: check})
 }
 
 // checked reports whether a pending write has a check.
@@ -562,40 +636,54 @@ func (t *tx) rows(kind string, mk func() bulkRows) bulkRows {
 	return r
 }
 
-// batch turns the pending writes into a pipeline, with their checks in
-// order; the caller may queue one more statement after them.
-func (t *tx) batch() (*pgx.Batch, []func(pgconn.CommandTag) error) {
+// batch turns the pending writes into a pipeline, with the readers of
+// their results in order; the caller may queue one more statement after
+// them.
+func (t *tx) batch() (*pgx.Batch, []func(pgx.BatchResults) error) {
 	b := &pgx.Batch{}
-	checks := make([]func(pgconn.CommandTag) error, 0, len(t.pending))
+	reads := make([]func(pgx.BatchResults) error, 0, len(t.pending))
 	for _, p := range t.pending {
 		switch p := p.(type) {
 		case *stmt:
 			b.Queue(p.sql, p.args...)
-			checks = append(checks, p.check)
+			reads = append(reads, p.read)
 		case bulkRows:
 			sql, args := p.statement()
 			b.Queue(sql, args...)
-			checks = append(checks, nil)
+			reads = append(reads, execOnly)
 		}
 	}
 	t.pending, t.bulk = t.pending[:0], nil
-	return b, checks
+	return b, reads
+}
+
+func execOnly(br pgx.BatchResults) error {
+	_, err := br.Exec()
+	return err
+}
+
+// read takes the statement's result from br and judges it.
+func (st *stmt) read(br pgx.BatchResults) error {
+	if st.row != nil {
+		return st.row(br.QueryRow())
+	}
+	ct, err := br.Exec()
+	if err == nil && st.check != nil {
+		err = st.check(ct)
+	}
+	return err
 }
 
 // send runs the pending writes and then, if sql is set, that statement too,
 // all in one round trip; it returns the open results, positioned at sql.
 func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResults, error) {
-	b, checks := t.batch()
+	b, reads := t.batch()
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
 	br := t.conn.SendBatch(ctx, b)
-	for _, check := range checks {
-		ct, err := br.Exec()
-		if err == nil && check != nil {
-			err = check(ct)
-		}
-		if err != nil {
+	for _, read := range reads {
+		if err := read(br); err != nil {
 			br.Close()
 			return nil, err
 		}
