@@ -183,9 +183,11 @@ func (e *Engine) newOrder(d *demand, customer, holdID, cause string) (allot.Orde
 }
 
 func (e *Engine) insertOrder(ctx context.Context, w *wtx, o allot.Order) error {
-	if err := w.InsertOrder(ctx, o); errors.Is(err, allot.ErrConflict) {
-		return &allot.Error{Code: allot.CodeAlreadyExists, Field: "id", Line: -1, Detail: fmt.Sprintf("order %q already exists", o.ID)}
-	} else if err != nil {
+	// Not a refusal, even on a duplicate id: the op has already taken its
+	// capacity in w, and a refusal commits with the batch. An error fails
+	// the transaction, so nothing of the op stands. (Order ids are made
+	// here, or checked before the op, as OpenActive's are.)
+	if err := w.InsertOrder(ctx, o); err != nil {
 		return err
 	}
 	w.emit(e.event(allot.EventOrderCreated, firstResource(lineList(o.Lines)), o.ID, o.HoldID, o))
