@@ -148,7 +148,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			v.Add("_pragma", p)
 		}
 		v.Set("_txlock", txlock)
-		return "file:" + path + "?" + v.Encode()
+		return "file:" + uriPath(path) + "?" + v.Encode()
 	}
 	// No commit checkpoints the WAL (a commit that did would stall its
 	// batch); a background loop does, passively, and only between two
@@ -179,6 +179,13 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	s.stopCheckpoints = stop
 	s.checkpoints.Go(func() { s.checkpointLoop(cctx) })
 	return s, nil
+}
+
+// uriPath escapes a file path for a SQLite URI filename, which SQLite
+// percent-decodes and cuts at '?' (its parameters) and '#': unescaped, "a#b.db"
+// would open "a". Cleaning it keeps a leading "//" from reading as a host.
+func uriPath(path string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23").Replace(filepath.Clean(path))
 }
 
 // walLimit is the WAL size (pages) past which a checkpoint may make

@@ -51,6 +51,42 @@ func TestReopen(t *testing.T) {
 	}
 }
 
+// TestPathIsAFileName: the database is the file named, whatever characters
+// a SQLite URI would read otherwise ('#', '?', '%').
+func TestPathIsAFileName(t *testing.T) {
+	for _, name := range []string{"plain.db", "a#b.db", "q?x.db", "p%41.db", "sp ace.db"} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			s, err := sqlite.Open(ctx, filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Write(ctx, func(tx allot.Tx) error {
+				return tx.InsertResource(ctx, allot.Resource{ID: "r", Name: "r", Kind: allot.KindStock, Capacity: 3})
+			})
+			s.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, e := range ents {
+				found = found || e.Name() == name
+				if !strings.HasPrefix(e.Name(), name) {
+					t.Errorf("opening %q made the file %q", name, e.Name())
+				}
+			}
+			if !found {
+				t.Errorf("opening %q made no file of that name", name)
+			}
+		})
+	}
+}
+
 func BenchmarkEngine(b *testing.B) { storetest.Bench(b, open) }
 
 // openFile opens a store on a new file, closed when the test ends, and
