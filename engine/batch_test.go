@@ -295,19 +295,8 @@ func (f *flakyStore) IsRetryable(err error) bool {
 // be answered).
 func TestRetryKeepsTheCarriedRequest(t *testing.T) {
 	ctx := context.Background()
-	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &flakyStore{Store: s}
-	e := New(f, Options{})
-	t.Cleanup(func() { e.Close(); s.Close() })
-	three, five := 3, 5
-	for _, r := range []ResourceInput{{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &three}, {ID: "t", Name: "t", Kind: allot.KindStock, Capacity: &five}} {
-		if _, err := e.CreateResource(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f := &flakyStore{}
+	e := engineOver(t, func(s allot.Store) allot.Store { f.Store = s; return f }, Batching{}, map[string]int{"s": 3, "t": 5})
 	x, y := holdOn(t, e, "t", 1), holdOn(t, e, "t", 1)
 	first := holdOp(t, e, 1)
 	f.fails.Store(1)
@@ -396,6 +385,25 @@ func runJoining(e *Engine, ops, late []*op, maxSize int) (chan *op, *op) {
 	return q, carry
 }
 
+// engineOver runs an engine over wrap(a new SQLite store), with stock
+// resources of the given capacities.
+func engineOver(t *testing.T, wrap func(allot.Store) allot.Store, b Batching, stock map[string]int) *Engine {
+	t.Helper()
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(wrap(s), Options{Batching: b})
+	t.Cleanup(func() { e.Close(); s.Close() })
+	for id, c := range stock {
+		if _, err := e.CreateResource(ctx, ResourceInput{ID: id, Name: id, Kind: allot.KindStock, Capacity: &c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
 // lostCommitStore commits every n-th write, then reports its outcome as
 // unknown, as a store does when the answer to COMMIT was lost.
 type lostCommitStore struct {
@@ -419,17 +427,9 @@ func (f *lostCommitStore) Write(ctx context.Context, fn func(allot.Tx) error) er
 // both requests the capacity they had just been given.
 func TestLostCommitIsNotRunAgain(t *testing.T) {
 	ctx := context.Background()
-	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &lostCommitStore{Store: s}
-	e := New(f, Options{})
-	t.Cleanup(func() { e.Close(); s.Close() })
-	three := 3
-	if _, err := e.CreateResource(ctx, ResourceInput{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &three}); err != nil {
-		t.Fatal(err)
-	}
+	f := &lostCommitStore{}
+	e := engineOver(t, func(s allot.Store) allot.Store { f.Store = s; return f }, Batching{}, map[string]int{"s": 3})
+	s := f.Store
 	ops := []*op{holdOp(t, e, 1), holdOp(t, e, 2)}
 	f.n = 1
 	e.runBatch(ops, nil)
@@ -447,17 +447,9 @@ func TestLostCommitIsNotRunAgain(t *testing.T) {
 // nothing ran twice.
 func TestLostCommitsUnderLoad(t *testing.T) {
 	ctx := context.Background()
-	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &lostCommitStore{Store: s}
-	e := New(f, Options{Batching: Batching{Workers: 1, MaxSize: 16}})
-	t.Cleanup(func() { e.Close(); s.Close() })
-	capacity := 1000
-	if _, err := e.CreateResource(ctx, ResourceInput{ID: "s", Name: "s", Kind: allot.KindStock, Capacity: &capacity}); err != nil {
-		t.Fatal(err)
-	}
+	f := &lostCommitStore{}
+	e := engineOver(t, func(s allot.Store) allot.Store { f.Store = s; return f }, Batching{Workers: 1, MaxSize: 16}, map[string]int{"s": 1000})
+	s := f.Store
 	f.n = 3
 	const workers, each = 16, 20
 	var ok, unknown atomic.Int32
