@@ -17,7 +17,9 @@ type OrderInput struct {
 	// default when nil).
 	Payment *allot.OrderPayment
 	// ID, when set, is the order's id (a channel's own id for it, such as
-	// an OpenActive Order UUID); generated when empty.
+	// an OpenActive Order UUID); generated when empty. An id already taken
+	// is refused (already-exists) with ReplacesHold; without it, the
+	// insert fails and so does the request, with nothing taken.
 	ID string
 	// Prepaid says the channel took the payment (an OpenActive booking
 	// partner): the workflow skips the charge.
@@ -186,7 +188,8 @@ func (e *Engine) insertOrder(ctx context.Context, w *wtx, o allot.Order) error {
 	// Not a refusal, even on a duplicate id: the op has already taken its
 	// capacity in w, and a refusal commits with the batch. An error fails
 	// the transaction, so nothing of the op stands. (Order ids are made
-	// here, or checked before the op, as OpenActive's are.)
+	// here; OpenActive's, given by the partner, are looked up in the op
+	// before anything is taken.)
 	if err := w.InsertOrder(ctx, o); err != nil {
 		return err
 	}

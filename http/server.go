@@ -212,6 +212,11 @@ func (s *Server) handle(status int, h handler) nethttp.Handler {
 			if st == 401 { // RFC 9110: a 401 names the scheme to use
 				w.Header().Set("WWW-Authenticate", `Bearer realm="allot"`)
 			}
+			if allot.CodeOf(err) == allot.CodeOutcomeUnknown {
+				// The database may be back in a moment; the retry learns
+				// what was done.
+				w.Header().Set("Retry-After", "1")
+			}
 			return st, body
 		}
 		if err := checkURL(r); err != nil {

@@ -574,3 +574,32 @@ func TestAbandonedRequestIsNotAnError(t *testing.T) {
 		t.Fatalf("the abandoned requests were not logged at all:\n%s", logs.String())
 	}
 }
+
+// TestOutcomeUnknown: a write whose commit answer was lost is answered 503
+// outcome-unknown with Retry-After, not as a refusal or an internal error;
+// the retry with its Idempotency-Key answers what was done, and it was
+// done once.
+func TestOutcomeUnknown(t *testing.T) {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "allot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &storetest.LosingStore{Store: s}
+	a := apiOn(t, ls)
+	a.seed()
+	body := `{"lines":[{"resource_id":"book","quantity":2}]}`
+	ls.Lose.Store(true)
+	r := a.do("POST", "/v1/holds", body, "Idempotency-Key", "lost-1")
+	ls.Lose.Store(false)
+	var p map[string]any
+	if err := json.Unmarshal(r.body, &p); err != nil || r.status != 503 || p["code"] != "outcome-unknown" ||
+		r.header.Get("Retry-After") == "" || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("lost commit answer: %d %v %s", r.status, r.header, r.body)
+	}
+	again := a.mustDo(201, "POST", "/v1/holds", body, "Idempotency-Key", "lost-1")
+	av := a.mustDo(200, "GET", "/v1/resources/book/availability", "")
+	b := av["buckets"].([]any)[0].(map[string]any)
+	if b["held"] != float64(2) {
+		t.Fatalf("held %v after the retry of hold %v, want 2: made once", b["held"], again["id"])
+	}
+}

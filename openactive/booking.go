@@ -220,10 +220,18 @@ func (h *Handler) quote(c2 bool) nethttp.HandlerFunc {
 	}
 }
 
+// unsure reports an error after which it is not known whether the write
+// was made: an internal failure, or an unknown commit outcome. A refusal
+// (any other domain error) is an answer.
+func unsure(err error) bool {
+	c := allot.CodeOf(err)
+	return err != nil && (c == "" || c == allot.CodeOutcomeUnknown)
+}
+
 // deleteQuote releases the lease; always a success.
 func (h *Handler) deleteQuote(w nethttp.ResponseWriter, r *nethttp.Request) {
 	_, err := h.eng.ReleaseHold(r.Context(), leaseID(partnerOf(r.Context()), r.PathValue("uuid")))
-	if err != nil && allot.CodeOf(err) == "" {
+	if unsure(err) {
 		h.fail(w, r, err)
 		return
 	}
@@ -379,6 +387,8 @@ func (h *Handler) bookingError(err error) (int, []byte) {
 		return 409, mustJSON(oaError("OpportunityHasInsufficientCapacityError", "an item's opportunity has no spaces left; nothing was booked", 409))
 	case allot.CodeAlreadyExists, allot.CodeHoldConverted:
 		return 409, mustJSON(oaError("OrderAlreadyExistsError", "an Order with this UUID already exists", 409))
+	case allot.CodeOutcomeUnknown:
+		return 503, mustJSON(outcomeUnknown())
 	case "":
 		return 500, mustJSON(oaError("InternalApplicationError", "the server failed; it is logged", 500))
 	}
@@ -391,7 +401,7 @@ func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
 	id := orderID(partnerOf(ctx), r.PathValue("uuid"))
 	_, lerr := h.eng.ReleaseHold(ctx, leaseID(partnerOf(ctx), r.PathValue("uuid")))
-	if lerr != nil && allot.CodeOf(lerr) == "" {
+	if unsure(lerr) {
 		h.fail(w, r, lerr)
 		return
 	}

@@ -111,9 +111,7 @@ func (h *Handler) fail(w nethttp.ResponseWriter, r *nethttp.Request, err error) 
 		case allot.CodeIdempotencyInFlight:
 			h.write(w, 409, oaError("OrderAlreadyExistsError", de.Detail, 409))
 		case allot.CodeOutcomeUnknown:
-			// The booking may have been made: a retry of the same request
-			// (same Order UUID) learns which.
-			h.write(w, 503, oaError("TemporarilyUnableToProduceOrderError", "the database did not confirm whether this request took effect; retry it to learn what happened", 503))
+			h.write(w, 503, outcomeUnknown())
 		default:
 			h.write(w, 400, oaError("InvalidAPIRequestError", de.Detail, 400))
 		}

@@ -158,6 +158,13 @@ func oaError(typ, desc string, status int) obj {
 	return obj{"@context": contextURL, "@type": typ, "name": typ, "description": desc, "statusCode": status}
 }
 
+// outcomeUnknown answers a request whose write may or may not have been
+// made (allot.CodeOutcomeUnknown): a 503 invites the retry, and the same
+// request (same Order UUID) then learns which.
+func outcomeUnknown() obj {
+	return oaError("TemporarilyUnableToProduceOrderError", "the database did not confirm whether this request took effect; retry it to learn what happened", 503)
+}
+
 // itemError is an error inside an OrderItem (no @context: only the root
 // object carries it).
 func itemError(typ, desc string) obj {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/openactive"
 	"github.com/allot/allot/store/storetest"
@@ -400,5 +401,45 @@ func TestBookingCorrections(t *testing.T) {
 				t.Fatalf("after deleting the order the feed shows %d, want 5", got)
 			}
 		})
+	}
+}
+
+// TestOutcomeUnknown: when the database's answer to a booking's commit is
+// lost, B answers 503 (retry), never a refusal; its retry answers what was
+// done. Deleting a lease whose outcome is unknown is not a success either.
+func TestOutcomeUnknown(t *testing.T) {
+	ls := &storetest.LosingStore{}
+	o := newOA(t, func(t testing.TB) allot.Store { ls.Store = storetest.Stores()["sqlite"](t); return ls })
+	session, offer := o.opportunity("TestOpportunityBookableFree")
+	before := o.feedCapacity(session)
+	uuid := "cccccccc-0000-4000-8000-000000000001"
+	body := orderBody("Order", session, offer, 2, `,"totalPaymentDue":{"@type":"PriceSpecification","price":0,"priceCurrency":"GBP"}`)
+
+	ls.Lose.Store(true)
+	r := o.do("PUT", "/api/openbooking/orders/"+uuid, body)
+	ls.Lose.Store(false)
+	if r.status != 503 || r.body["@type"] != "TemporarilyUnableToProduceOrderError" {
+		t.Fatalf("B with its commit answer lost: %d %s", r.status, r.raw)
+	}
+	again := o.do("PUT", "/api/openbooking/orders/"+uuid, body)
+	if again.status != 201 {
+		t.Fatalf("the retried B: %d %s; the first one was booked", again.status, again.raw)
+	}
+	if got := o.feedCapacity(session); got != before-2 {
+		t.Fatalf("feed shows %d spaces, want %d: booked once", got, before-2)
+	}
+
+	quote := "cccccccc-0000-4000-8000-000000000002"
+	if r := o.do("PUT", "/api/openbooking/order-quotes/"+quote, orderBody("OrderQuote", session, offer, 1, "")); r.status != 200 {
+		t.Fatalf("C2: %d %s", r.status, r.raw)
+	}
+	ls.Lose.Store(true)
+	r = o.do("DELETE", "/api/openbooking/order-quotes/"+quote, "")
+	ls.Lose.Store(false)
+	if r.status != 503 {
+		t.Fatalf("deleting a lease with the commit answer lost: %d %s", r.status, r.raw)
+	}
+	if r := o.do("DELETE", "/api/openbooking/order-quotes/"+quote, ""); r.status != 204 {
+		t.Fatalf("deleting it again: %d %s", r.status, r.raw)
 	}
 }

@@ -147,6 +147,7 @@ func TestLostCommitAnswer(t *testing.T) {
 	cases := []struct {
 		name                  string
 		deliver, hang, refuse bool
+		waiters               int  // writers that queue for the transaction's lock, filling the pool
 		ok                    bool // Write succeeds
 		unknown               bool // Write says the outcome is unknown
 		committed             bool // what really happened
@@ -154,6 +155,7 @@ func TestLostCommitAnswer(t *testing.T) {
 		{name: "COMMIT reached the server", deliver: true, ok: true, committed: true},
 		{name: "COMMIT lost, server side closed"},
 		{name: "COMMIT lost, server process left waiting", hang: true},
+		{name: "COMMIT lost, server process left waiting, pool full of writers waiting on it", hang: true, waiters: 2},
 		{name: "COMMIT reached the server, server unreachable since", deliver: true, refuse: true, unknown: true, committed: true},
 	}
 	for i, tc := range cases {
@@ -177,6 +179,7 @@ func TestLostCommitAnswer(t *testing.T) {
 			if err := s.Write(ctx, func(tx allot.Tx) error { _, err := tx.GetResource(ctx, "none"); return ignoreNotFound(err) }); err != nil {
 				t.Fatal(err)
 			}
+			var waiters sync.WaitGroup
 			err = s.Write(ctx, func(tx allot.Tx) error {
 				if err := tx.InsertResource(ctx, allot.Resource{ID: id, Name: id, Kind: allot.KindStock, Capacity: 1, CreatedAt: time.Now()}); err != nil {
 					return err
@@ -186,8 +189,26 @@ func TestLostCommitAnswer(t *testing.T) {
 					return err
 				}
 				p.arm(tc.deliver, tc.hang, tc.refuse)
+				for range tc.waiters {
+					waiters.Go(func() {
+						// The same key as the transaction's insert: this
+						// waits until that transaction ends, then undoes.
+						wtx, err := s.pool.Begin(ctx)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						defer wtx.Rollback(ctx)
+						if _, err := wtx.Exec(ctx, `INSERT INTO resources (id, name, kind, capacity, created_at) VALUES ($1, 'w', 'stock', 1, now())`, id); err != nil {
+							t.Error(err)
+						}
+					})
+				}
 				return nil
 			})
+			if !waitFor(&waiters, 20*time.Second) {
+				t.Fatal("writers still wait on the transaction's locks: it never ended")
+			}
 			switch {
 			case tc.ok && err != nil:
 				t.Fatalf("Write = %v; the transaction committed", err)
@@ -227,4 +248,16 @@ func ignoreNotFound(err error) error {
 		return nil
 	}
 	return err
+}
+
+// waitFor waits for wg, for at most d.
+func waitFor(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }

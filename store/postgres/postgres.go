@@ -203,12 +203,14 @@ func (s *Store) write(ctx context.Context, fn func(allot.Tx) error) (t *tx, err 
 // commitResolveTimeout bounds how long Write asks after a lost COMMIT.
 var commitResolveTimeout = 15 * time.Second
 
-// resolveCommit finds out, on another connection, whether the transaction
-// whose COMMIT went unanswered committed: nil if it did, err if it rolled
-// back, and err wrapped in allot.ErrOutcomeUnknown if that cannot be told.
-// Its server process may still be running it: that process is stopped
-// after a while (it can only end the transaction), so that the answer is
-// final and its locks are released.
+// resolveCommit finds out whether the transaction whose COMMIT went
+// unanswered committed: nil if it did, err if it rolled back, and err
+// wrapped in allot.ErrOutcomeUnknown if that cannot be told within
+// commitResolveTimeout. It asks on a connection of its own, not the
+// pool's: the pool may be full of writers waiting on this very
+// transaction's locks. Its server process may still be running it: that
+// process is stopped after a second (it can only end the transaction), so
+// that the answer is final and its locks are released.
 func (s *Store) resolveCommit(ctx context.Context, t *tx, err error) error {
 	unknown := fmt.Errorf("%w: %w", allot.ErrOutcomeUnknown, err)
 	if t.xid == "" {
@@ -216,20 +218,37 @@ func (s *Store) resolveCommit(ctx context.Context, t *tx, err error) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitResolveTimeout)
 	defer cancel()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
 	wait := 10 * time.Millisecond
 	for start := time.Now(); ; {
 		var st *string
-		qerr := s.pool.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, t.xid).Scan(&st)
+		qerr := ctx.Err()
+		if conn == nil && qerr == nil {
+			conn, qerr = pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+		}
+		if qerr == nil {
+			qerr = conn.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, t.xid).Scan(&st)
+		}
 		switch {
-		case qerr == nil && st != nil && *st == "committed":
+		case qerr != nil:
+			if conn != nil {
+				conn.Close(context.Background())
+				conn = nil
+			}
+		case st != nil && *st == "committed":
 			slog.Warn("a COMMIT went unanswered; the transaction committed", "xid", t.xid, "err", err)
 			return nil
-		case qerr == nil && st != nil && *st == "aborted":
+		case st != nil && *st == "aborted":
 			return err
-		case qerr == nil && st != nil && *st == "in progress" && time.Since(start) > time.Second:
+		case st != nil && *st == "in progress" && time.Since(start) > time.Second:
 			// Only the connection that ran it could end it, and that one is
 			// gone: stop its process (if it is still this transaction's).
-			_, _ = s.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 				WHERE pid = $1 AND backend_xid::text = ($2::text::bigint % 4294967296)::text`, t.pid, t.xid)
 		}
 		select {
