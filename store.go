@@ -14,7 +14,10 @@ type Store interface {
 	// nil. Buckets locked through the Tx stay locked until commit, so
 	// decisions taken on them hold. Write returns fn's error unchanged; a
 	// store error that is worth retrying (deadlock, serialization, busy)
-	// satisfies IsRetryable.
+	// satisfies IsRetryable. An error means the transaction rolled back,
+	// except ErrOutcomeUnknown: COMMIT was sent and whether it took effect
+	// could not be found out. A commit whose answer was lost but that the
+	// store found committed is a success.
 	Write(ctx context.Context, fn func(Tx) error) error
 	// IsRetryable reports whether a failed Write may be retried as a whole.
 	IsRetryable(err error) bool
