@@ -161,8 +161,10 @@ func ConfirmBookings(t Transitioner, log *slog.Logger) Handler {
 		}
 		_, err := t.Transition(ctx, ev.OrderID, allot.OrderConfirmed, "booking made by the seller proxy (create_booking)")
 		switch allot.CodeOf(err) {
-		case "":
-			return err // nil, or an internal error worth retrying
+		case "", allot.CodeOutcomeUnknown:
+			// nil, or a failure worth retrying: the transition is safe to
+			// repeat, whether or not the last try took effect.
+			return err
 		case allot.CodeNotFound:
 			return &Poison{Reason: fmt.Sprintf("order %s does not exist", ev.OrderID)}
 		case allot.CodeInvalidTransition:

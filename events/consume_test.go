@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -186,5 +187,41 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// transitionErr is a Transitioner that answers err.
+type transitionErr struct{ err error }
+
+func (s transitionErr) Transition(ctx context.Context, id string, to allot.OrderStatus, cause string) (allot.Order, error) {
+	return allot.Order{ID: id, Status: to}, s.err
+}
+
+// TestConfirmBookingsClassifies: what create_booking's handler does with
+// each answer of the engine: done, retried, or dead-lettered (poison).
+// Only what no retry can fix is poison.
+func TestConfirmBookingsClassifies(t *testing.T) {
+	cases := []struct {
+		name   string
+		err    error
+		retry  bool // an error, not poison
+		poison bool
+	}{
+		{name: "confirmed"},
+		{name: "already moved on", err: allot.Errorf(allot.CodeInvalidTransition, "order is cancelled")},
+		{name: "internal failure", err: errors.New("connection refused"), retry: true},
+		{name: "commit outcome unknown", err: allot.Errorf(allot.CodeOutcomeUnknown, "the database did not confirm"), retry: true},
+		{name: "no such order", err: allot.Errorf(allot.CodeNotFound, "no order"), poison: true},
+		{name: "other refusal", err: allot.Errorf(allot.CodeInvalid, "bad"), poison: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := events.ConfirmBookings(transitionErr{c.err}, nil)(context.Background(),
+				allot.Event{ID: "evt_1", Type: allot.EventOrderCreated, OrderID: "ord_1"})
+			var p *events.Poison
+			if isPoison := errors.As(err, &p); isPoison != c.poison || (err != nil && !isPoison) != c.retry {
+				t.Fatalf("handler = %v; want poison %v, retry %v", err, c.poison, c.retry)
+			}
+		})
 	}
 }

@@ -22,7 +22,10 @@ type Client struct {
 	HTTP *http.Client
 }
 
-var defaultClient = &http.Client{Timeout: 30 * time.Second}
+// A redirect is not an answer: followed, a POST becomes a GET without the
+// payment, and its 4xx would read as a refusal.
+var defaultClient = &http.Client{Timeout: 30 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // Charge posts r to BaseURL/charges.
 func (c Client) Charge(ctx context.Context, r allot.PaymentRequest) (allot.PaymentResult, error) {

@@ -157,7 +157,9 @@ func New(st allot.Store, cfg Config, log *slog.Logger) *Dispatcher {
 		cfg.Workers = 8
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+		// A redirect is not a delivery: followed, a POST becomes a GET
+		// without the event, and its 2xx would mark the event delivered.
+		cfg.Client = &http.Client{Timeout: cfg.Timeout, CheckRedirect: noRedirects}
 	}
 	if log == nil {
 		log = slog.Default()
@@ -308,3 +310,5 @@ func (d *Dispatcher) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

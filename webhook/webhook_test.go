@@ -206,3 +206,57 @@ func errorsAs(err error, de **allot.Error) bool {
 	*de = e
 	return ok
 }
+
+// TestRedirectIsNotADelivery: a subscriber URL that redirects (http to
+// https, a trailing slash) does not count as delivered. Followed, the POST
+// would become a GET without the event, whose 200 would mark it delivered.
+func TestRedirectIsNotADelivery(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := engine.New(st, engine.Options{})
+	defer func() { eng.Close(); st.Close() }()
+	var mu sync.Mutex
+	methods := map[string]int{}
+	final := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		methods[r.Method]++
+		mu.Unlock()
+	}))
+	defer final.Close()
+	moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, final.URL+"/hook", http.StatusMovedPermanently)
+	}))
+	defer moved.Close()
+	h, err := webhook.Register(ctx, st, moved.URL+"/hook", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := 10
+	if _, err := eng.CreateResource(ctx, engine.ResourceInput{ID: "r", Name: "r", Kind: allot.KindStock, Capacity: &c}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.Sequence(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	d := webhook.New(st, webhook.Config{}, nil)
+	if _, err := d.FanOut(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Deliver(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := st.ListDeliveries(ctx, h.ID, "", 10)
+	if err != nil || len(ds) == 0 {
+		t.Fatalf("deliveries: %v, %v", ds, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, dl := range ds {
+		if dl.Status == allot.DeliveryDelivered || len(methods) > 0 {
+			t.Errorf("delivery of %s: %s, and the redirect's target got %v; want it pending, the redirect not followed", dl.EventType, dl.Status, methods)
+		}
+	}
+}
