@@ -177,8 +177,9 @@ func (w *refundWorker) Work(ctx context.Context, job *river.Job[refundArgs]) err
 	switch res.Status {
 	case allot.PaymentSucceeded:
 		r.log.Info("refund", "order_id", o.ID, "provider", o.Payment.Provider, "status", res.Status, "cause", job.Args.Cause)
-		// A crash before this records it again on the retry: subscribers
-		// de-duplicate by the refund's id.
+		// A crash before this, or a second step refunding the same order
+		// (the provider pays back once: same key), records it again:
+		// subscribers de-duplicate by its key (docs/events.md).
 		return r.eng.RecordPayment(ctx, o, allot.EventPaymentRefunded, map[string]any{
 			"order_id": o.ID, "provider": o.Payment.Provider, "refund_id": res.PaymentID, "key": refundKey(o.ID),
 			"amount": o.Total, "cause": job.Args.Cause})
