@@ -125,7 +125,7 @@ func Replay(ctx context.Context, st allot.Store, webhookID, deliveryID string) (
 
 // Config tunes a Dispatcher; zero values take the defaults.
 type Config struct {
-	RetryFor   time.Duration // retry a delivery this long, then mark it failed (24 h)
+	RetryFor   time.Duration // retry a delivery for this much backoff in all, then mark it failed (24 h)
 	FirstRetry time.Duration // the first backoff, doubling after (1 s)
 	MaxBackoff time.Duration // (10 min)
 	Timeout    time.Duration // per attempt (10 s)
@@ -255,7 +255,7 @@ func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Deli
 		backoff += time.Duration(mrand.Int64N(int64(backoff)/5 + 1)) // jitter, so retries do not stampede
 		dl.NextAttemptAt = now.Add(backoff)
 		dl.Status = allot.DeliveryPending
-		if dl.NextAttemptAt.Sub(dl.CreatedAt) > d.cfg.RetryFor {
+		if d.backoffs(dl.Attempts) > d.cfg.RetryFor {
 			dl.Status = allot.DeliveryFailed
 		}
 	}
@@ -265,6 +265,21 @@ func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Deli
 	if dl.Status == allot.DeliveryFailed {
 		d.log.WarnContext(ctx, "webhook delivery failed for good", "webhook", h.ID, "delivery", dl.ID, "event", dl.EventID, "attempts", dl.Attempts, "err", dl.LastError)
 	}
+}
+
+// backoffs is the waiting that attempts failed tries add up to, jitter
+// aside. The retry window is counted in it, not from the delivery's
+// creation: a replayed delivery gets the whole window again, and one
+// that waited while no dispatcher ran still gets every retry.
+func (d *Dispatcher) backoffs(attempts int) time.Duration {
+	var total time.Duration
+	for i := range attempts {
+		total += min(time.Duration(float64(d.cfg.FirstRetry)*math.Pow(2, float64(i))), d.cfg.MaxBackoff)
+		if total > d.cfg.RetryFor {
+			break
+		}
+	}
+	return total
 }
 
 func (d *Dispatcher) post(ctx context.Context, h allot.Webhook, dl allot.Delivery) (int, error) {

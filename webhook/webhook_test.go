@@ -157,6 +157,18 @@ func TestDispatcher(t *testing.T) {
 	if len(failed) != 1 || failed[0].EventType != allot.EventOrderCreated || failed[0].LastStatus != 503 || failed[0].Attempts < 2 {
 		t.Fatalf("the down subscriber's failed deliveries: %+v (only order.created is subscribed)", failed)
 	}
+	// Replayed while the subscriber is still down, the delivery has the
+	// whole retry window again, however old it is: a failure leaves it
+	// pending.
+	if _, err := webhook.Replay(ctx, st, dh.ID, failed[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Deliver(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.GetDelivery(ctx, failed[0].ID); got.Status != allot.DeliveryPending || got.Attempts != 1 {
+		t.Fatalf("a replay that failed once: %s after %d attempts, want pending after 1", got.Status, got.Attempts)
+	}
 	// The operator fixes the subscriber and replays.
 	down.mu.Lock()
 	down.failures = map[string]int{}
