@@ -75,14 +75,17 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.types = append(r.types, ev.Type)
 }
 
-func TestDispatcher(t *testing.T) {
+// newEngine gives an engine on a new SQLite file, with a stock resource
+// "r" whose event is already numbered.
+func newEngine(t *testing.T) (*sqlite.Store, *engine.Engine) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	eng := engine.New(st, engine.Options{})
-	defer func() { eng.Close(); st.Close() }()
+	t.Cleanup(func() { eng.Close(); st.Close() })
 	c := 10
 	if _, err := eng.CreateResource(ctx, engine.ResourceInput{ID: "r", Name: "r", Kind: allot.KindStock, Capacity: &c}); err != nil {
 		t.Fatal(err)
@@ -90,6 +93,12 @@ func TestDispatcher(t *testing.T) {
 	if _, err := eng.Sequence(ctx, 100); err != nil {
 		t.Fatal(err)
 	}
+	return st, eng
+}
+
+func TestDispatcher(t *testing.T) {
+	ctx := context.Background()
+	st, eng := newEngine(t)
 	good := &receiver{failures: map[string]int{allot.EventOrderCreated: 2}, got: map[string]int{}}
 	down := &receiver{failures: map[string]int{allot.EventOrderCreated: 1 << 30}, got: map[string]int{}}
 	goodSrv, downSrv := httptest.NewServer(good), httptest.NewServer(down)
@@ -224,12 +233,6 @@ func errorsAs(err error, de **allot.Error) bool {
 // would become a GET without the event, whose 200 would mark it delivered.
 func TestRedirectIsNotADelivery(t *testing.T) {
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng := engine.New(st, engine.Options{})
-	defer func() { eng.Close(); st.Close() }()
 	var mu sync.Mutex
 	methods := map[string]int{}
 	final := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -242,12 +245,14 @@ func TestRedirectIsNotADelivery(t *testing.T) {
 		http.Redirect(w, r, final.URL+"/hook", http.StatusMovedPermanently)
 	}))
 	defer moved.Close()
+	st, eng := newEngine(t)
 	h, err := webhook.Register(ctx, st, moved.URL+"/hook", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An event after the registration, for the subscriber.
 	c := 10
-	if _, err := eng.CreateResource(ctx, engine.ResourceInput{ID: "r", Name: "r", Kind: allot.KindStock, Capacity: &c}); err != nil {
+	if _, err := eng.CreateResource(ctx, engine.ResourceInput{ID: "r2", Name: "r2", Kind: allot.KindStock, Capacity: &c}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := eng.Sequence(ctx, 100); err != nil {
