@@ -277,8 +277,11 @@ type Webhooks interface {
 	// ClaimDeliveries takes up to limit pending deliveries due at now and
 	// leases them until leaseUntil, so that no other node sends them.
 	ClaimDeliveries(ctx context.Context, now, leaseUntil time.Time, limit int) ([]Delivery, error)
-	// UpdateDelivery records an attempt's outcome.
-	UpdateDelivery(ctx context.Context, d Delivery) error
+	// UpdateDelivery records a delivery's new state. With leased set (an
+	// attempt's outcome), only while the delivery still carries that lease
+	// (its next attempt time as claimed): a replay or another node that
+	// took it since wins, and ErrNotFound is returned.
+	UpdateDelivery(ctx context.Context, d Delivery, leased time.Time) error
 	GetDelivery(ctx context.Context, id string) (Delivery, error)
 	// ListDeliveries lists a webhook's deliveries, newest first, optionally
 	// of one status.

@@ -120,7 +120,7 @@ func Replay(ctx context.Context, st allot.Store, webhookID, deliveryID string) (
 		return d, err
 	}
 	d.Status, d.Attempts, d.NextAttemptAt, d.LastError, d.LastStatus = allot.DeliveryPending, 0, time.Now().UTC(), "", 0
-	return d, st.UpdateDelivery(ctx, d)
+	return d, st.UpdateDelivery(ctx, d, time.Time{})
 }
 
 // Config tunes a Dispatcher; zero values take the defaults.
@@ -242,6 +242,7 @@ func (d *Dispatcher) Deliver(ctx context.Context) (int, error) {
 
 // attempt sends one delivery and records the outcome.
 func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Delivery) {
+	leased := dl.NextAttemptAt // as claimed: this attempt's lease
 	status, err := d.post(ctx, h, dl)
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	dl.Attempts++
@@ -259,7 +260,13 @@ func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Deli
 			dl.Status = allot.DeliveryFailed
 		}
 	}
-	if err := d.st.UpdateDelivery(context.WithoutCancel(ctx), dl); err != nil && !errors.Is(err, allot.ErrNotFound) {
+	switch err := d.st.UpdateDelivery(context.WithoutCancel(ctx), dl, leased); {
+	case errors.Is(err, allot.ErrNotFound):
+		// Replayed or deleted during the attempt: what was done since
+		// stands (a replay sends it again).
+		d.log.InfoContext(ctx, "a webhook delivery changed during its attempt; its outcome is not recorded", "delivery", dl.ID, "status", dl.Status)
+		return
+	case err != nil:
 		d.log.ErrorContext(ctx, "recording a webhook delivery", "delivery", dl.ID, "err", err)
 	}
 	if dl.Status == allot.DeliveryFailed {

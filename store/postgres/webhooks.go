@@ -117,9 +117,14 @@ func (s *Store) ClaimDeliveries(ctx context.Context, now, leaseUntil time.Time, 
 		RETURNING `+deliveryCols, leaseUntil, now, limit))
 }
 
-func (s *Store) UpdateDelivery(ctx context.Context, d allot.Delivery) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, last_status = $4, last_error = $5 WHERE id = $6`,
-		string(d.Status), d.Attempts, d.NextAttemptAt, d.LastStatus, d.LastError, d.ID)
+func (s *Store) UpdateDelivery(ctx context.Context, d allot.Delivery, leased time.Time) error {
+	var lease *time.Time
+	if !leased.IsZero() {
+		lease = &leased
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, last_status = $4, last_error = $5
+		WHERE id = $6 AND ($7::timestamptz IS NULL OR next_attempt_at = $7)`,
+		string(d.Status), d.Attempts, d.NextAttemptAt, d.LastStatus, d.LastError, d.ID, lease)
 	if err == nil && tag.RowsAffected() == 0 {
 		return allot.ErrNotFound
 	}

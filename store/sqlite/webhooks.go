@@ -124,9 +124,14 @@ func (s *Store) ClaimDeliveries(ctx context.Context, now, leaseUntil time.Time, 
 	return out, err
 }
 
-func (s *Store) UpdateDelivery(ctx context.Context, d allot.Delivery) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ? WHERE id = ?`,
-		string(d.Status), d.Attempts, micros(d.NextAttemptAt), d.LastStatus, d.LastError, d.ID)
+func (s *Store) UpdateDelivery(ctx context.Context, d allot.Delivery, leased time.Time) error {
+	var lease any // NULL: unconditional
+	if !leased.IsZero() {
+		lease = micros(leased)
+	}
+	res, err := s.w.ExecContext(ctx, `UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?
+		WHERE id = ? AND (?7 IS NULL OR next_attempt_at = ?7)`,
+		string(d.Status), d.Attempts, micros(d.NextAttemptAt), d.LastStatus, d.LastError, d.ID, lease)
 	if err != nil {
 		return err
 	}

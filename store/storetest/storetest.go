@@ -96,6 +96,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("LeaseRace", s.testLeaseRace)
 	t.Run("OpportunityFeed", s.testOpportunityFeed)
 	t.Run("OpportunityFeedRace", s.testOpportunityFeedRace)
+	t.Run("DeliveryLease", s.testDeliveryLease)
 }
 
 func ptr[T any](v T) *T { return &v }
