@@ -67,7 +67,7 @@ type PaymentRequest struct {
 	Amount    Money  `json:"amount"`
 	Customer  string `json:"customer_id,omitempty"`
 	// Simulate drives the fake provider: "decline", "timeout", "fail_once",
-	// "pending"; real providers ignore it.
+	// "pending", "refund_pending"; real providers ignore it.
 	Simulate string `json:"simulate,omitempty"`
 }
 

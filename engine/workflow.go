@@ -142,7 +142,7 @@ func (e *Engine) payment(o *allot.Order, p *allot.OrderPayment, prepaid bool) er
 		return allot.Invalid("payment.provider", "payment provider %q is not configured", p.Provider)
 	}
 	if p.Simulate != "" && !fakeModes[p.Simulate] {
-		return allot.Invalid("payment.simulate", "simulate must be one of succeed, decline, fail_once, timeout, pending")
+		return allot.Invalid("payment.simulate", "simulate must be one of succeed, decline, fail_once, timeout, pending, refund_pending")
 	}
 	o.Payment = p
 	o.Status, o.History[0].To = allot.OrderAwaitingPayment, allot.OrderAwaitingPayment
@@ -151,7 +151,7 @@ func (e *Engine) payment(o *allot.Order, p *allot.OrderPayment, prepaid bool) er
 
 // fakeModes are what the fake provider can simulate; other providers
 // ignore the field.
-var fakeModes = map[string]bool{"succeed": true, "decline": true, "fail_once": true, "timeout": true, "pending": true}
+var fakeModes = map[string]bool{"succeed": true, "decline": true, "fail_once": true, "timeout": true, "pending": true, "refund_pending": true}
 
 var customerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$`)
 

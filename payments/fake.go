@@ -23,9 +23,12 @@ const (
 	SimFailOnce = "fail_once"
 	SimTimeout  = "timeout"
 	SimPending  = "pending"
+	// SimRefundPending: the charge succeeds; the first refund answers
+	// pending with no effect yet, and the next one under its key refunds.
+	SimRefundPending = "refund_pending"
 )
 
-var simModes = []string{"", SimSucceed, SimDecline, SimFailOnce, SimTimeout, SimPending}
+var simModes = []string{"", SimSucceed, SimDecline, SimFailOnce, SimTimeout, SimPending, SimRefundPending}
 
 // Fake is an in-memory payment provider. Its zero value is ready; set the
 // exported fields before first use. It is safe for concurrent use.
@@ -34,6 +37,7 @@ var simModes = []string{"", SimSucceed, SimDecline, SimFailOnce, SimTimeout, Sim
 // only the answer is lost, as with a real provider, so a retry under a new
 // key would show up as a second capture. "fail_once" fails before any effect.
 // On refunds, "fail_once" and "timeout" apply; "decline" and "pending" do not.
+// "refund_pending" captures normally; its first refund answers pending.
 type Fake struct {
 	// Hang bounds how long a "timeout" call blocks when ctx has no deadline (30s).
 	Hang time.Duration
@@ -198,6 +202,11 @@ func (f *Fake) Refund(ctx context.Context, r allot.PaymentRequest) (allot.Paymen
 	if r.Simulate == SimFailOnce && first {
 		f.mu.Unlock()
 		return allot.PaymentResult{}, errors.New("payment provider unavailable (simulated)")
+	}
+	if r.Simulate == SimRefundPending && !f.tried["r:"+r.Key] {
+		f.tried["r:"+r.Key] = true
+		f.mu.Unlock()
+		return allot.PaymentResult{Status: allot.PaymentPending, Reason: "refund in progress (simulated)"}, nil
 	}
 	c := f.charges[r.ChargeKey]
 	if c != nil && c.res.Status == allot.PaymentPending {

@@ -170,7 +170,7 @@ func (w *refundWorker) Work(ctx context.Context, job *river.Job[refundArgs]) err
 		return permanent(fmt.Errorf("payment provider %q is not configured", o.Payment.Provider))
 	}
 	res, err := p.Refund(ctx, allot.PaymentRequest{Key: refundKey(o.ID), ChargeKey: chargeKey(o.ID), OrderID: o.ID,
-		Amount: *o.Total, Customer: o.CustomerID})
+		Amount: *o.Total, Customer: o.CustomerID, Simulate: o.Payment.Simulate})
 	if err != nil {
 		return effectErr("refunding at "+o.Payment.Provider, err)
 	}
@@ -183,9 +183,15 @@ func (w *refundWorker) Work(ctx context.Context, job *river.Job[refundArgs]) err
 		return r.eng.RecordPayment(ctx, o, allot.EventPaymentRefunded, map[string]any{
 			"order_id": o.ID, "provider": o.Payment.Provider, "refund_id": res.PaymentID, "key": refundKey(o.ID),
 			"amount": o.Total, "cause": job.Args.Cause})
-	case allot.PaymentNothingToRefund, allot.PaymentPending:
+	case allot.PaymentNothingToRefund:
 		r.log.Info("refund", "order_id", o.ID, "provider", o.Payment.Provider, "status", res.Status, "cause", job.Args.Cause)
 		return nil
+	case allot.PaymentPending:
+		// Not done until the provider says so: ask again later under the
+		// same key, which answers the refund's final state. A snooze is
+		// not a failed try.
+		r.log.Info("refund pending; asking again later", "order_id", o.ID, "provider", o.Payment.Provider, "after", r.cfg.RefundPoll)
+		return river.JobSnooze(r.cfg.RefundPoll)
 	}
 	return fmt.Errorf("%s answered the refund with %q: %s", o.Payment.Provider, res.Status, trim(res.Reason, 200))
 }

@@ -54,6 +54,9 @@ type Config struct {
 	PollEvery time.Duration
 	// Workers is the number of steps run at once (default 20).
 	Workers int
+	// RefundPoll is how long a refund the provider answered "pending"
+	// waits before the step asks again, under the same key (default 30s).
+	RefundPoll time.Duration
 }
 
 func (c *Config) defaults() {
@@ -82,6 +85,9 @@ func (c *Config) defaults() {
 	}
 	if c.Workers <= 0 {
 		c.Workers = 20
+	}
+	if c.RefundPoll <= 0 {
+		c.RefundPoll = 30 * time.Second
 	}
 }
 

@@ -108,6 +108,7 @@ func newHarness(t *testing.T, open storetest.Opener, batched bool, tweak func(*w
 		RescueAfter: 2 * time.Second,
 		SweepEvery:  100 * time.Millisecond,
 		PollEvery:   20 * time.Millisecond,
+		RefundPoll:  50 * time.Millisecond,
 	}
 	if tweak != nil {
 		tweak(&cfg)
@@ -253,6 +254,20 @@ func TestWorkflowPaths(t *testing.T) {
 					t.Fatal(err)
 				}
 				return h.await(t, o.ID, allot.OrderCancelled)
+			},
+			want: want{allot.OrderCancelled, []allot.OrderStatus{A, R, C, N, allot.OrderCancelled}, 1, 1, 1, 0}},
+		{name: "cancelled, the refund pending at first: refunded once it is done", simulate: "refund_pending",
+			after: func(t *testing.T, h *harness, o allot.Order) allot.Order {
+				h.await(t, o.ID, N)
+				if _, err := h.eng.CancelOrder(context.Background(), o.ID, "customer cancelled"); err != nil {
+					t.Fatal(err)
+				}
+				o = h.await(t, o.ID, allot.OrderCancelled)
+				// The step asks again after RefundPoll; give it time.
+				for deadline := time.Now().Add(5 * time.Second); h.pay.Refunds(o.ID) == 0 && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
+				return o
 			},
 			want: want{allot.OrderCancelled, []allot.OrderStatus{A, R, C, N, allot.OrderCancelled}, 1, 1, 1, 0}},
 		{name: "payment never completes: expired and released", simulate: "pending",
