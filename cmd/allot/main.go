@@ -57,8 +57,8 @@ or postgres://user@host:port/db (several allot processes may share it).
 serve also takes --engine batch|naive, --batch-workers, --batch-max,
 --batch-linger, --cpuprofile FILE, and publishes events with --nats-url URL
 (--nats-stream, --nats-subject) and --kafka-brokers HOST:PORT,...; with
---kafka-consume-create-booking GROUP it also confirms the bookings it reads
-from create_booking (seed 000's seller proxy).
+--kafka-consume-create-booking GROUP and --workflow=false it also confirms the
+bookings it reads from create_booking (seed 000's seller proxy).
 The booking workflow (payment, seller, notification) is on by default with
 the built-in fake payment provider, auto-confirming sellers and notifications
 in the log; see allot serve -h for --payment-*, --seller-*, --smtp-* and
@@ -126,6 +126,12 @@ func run(args []string, stderr io.Writer) int {
 	slog.SetDefault(log)
 	if *consumeGroup != "" && *kafkaBrokers == "" {
 		fmt.Fprintln(stderr, "allot: --kafka-consume-create-booking needs --kafka-brokers")
+		return 2
+	}
+	if *consumeGroup != "" && *wf.on {
+		// Both would confirm orders: the consumer could confirm one before
+		// the workflow's seller step asked the real seller.
+		fmt.Fprintln(stderr, "allot: --kafka-consume-create-booking confirms bookings as the seller, which the workflow's seller step does: add --workflow=false")
 		return 2
 	}
 	flow, err := wf.build(log)

@@ -186,6 +186,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"migrate", "--db", "sqlite:"}, 1, "names no file"},
 		{[]string{"migrate", "--log-level", "loud"}, 2, "--log-level"},
 		{[]string{"serve", "--kafka-consume-create-booking", "g"}, 2, "needs --kafka-brokers"},
+		{[]string{"serve", "--kafka-brokers", "127.0.0.1:1", "--kafka-consume-create-booking", "g"}, 2, "add --workflow=false"},
 		{[]string{"migrate", "--db", "sqlite:" + filepath.Join(dir, "m.db")}, 0, "schema migrated"},
 		{[]string{"migrate", "--db", "postgres://u:pw-4711@127.0.0.1:1/x?connect_timeout=1"}, 1, "xxxxx"},
 		{[]string{"serve", "--seller", "bogus"}, 2, "--seller must be auto, manual or an http(s) URL"},
