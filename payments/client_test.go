@@ -218,3 +218,18 @@ func TestServerStats(t *testing.T) {
 		}
 	}
 }
+
+// TestClientDoesNotFollowRedirects: a redirect is not the provider's
+// answer. Followed, the POST would become a GET without the payment, and
+// what that GET answered would be taken for the charge's outcome.
+func TestClientDoesNotFollowRedirects(t *testing.T) {
+	target := canned(t, 200, `{"status":"succeeded","payment_id":"pay_1"}`, nil)
+	moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target+r.URL.Path, http.StatusFound)
+	}))
+	defer moved.Close()
+	res, err := Client{BaseURL: moved.URL}.Charge(context.Background(), chargeReq("c", "o", ""))
+	if got := outcomeOf(res, err); got != permanent || !strings.Contains(err.Error(), "302") {
+		t.Fatalf("charge through a redirect: %+v, %v; want a permanent error naming the 302", res, err)
+	}
+}
