@@ -251,8 +251,7 @@ func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Deli
 		dl.Status, dl.LastError = allot.DeliveryDelivered, ""
 	} else {
 		dl.LastError = err.Error()
-		backoff := time.Duration(float64(d.cfg.FirstRetry) * math.Pow(2, float64(dl.Attempts-1)))
-		backoff = min(backoff, d.cfg.MaxBackoff)
+		backoff := d.backoff(dl.Attempts)
 		backoff += time.Duration(mrand.Int64N(int64(backoff)/5 + 1)) // jitter, so retries do not stampede
 		dl.NextAttemptAt = now.Add(backoff)
 		dl.Status = allot.DeliveryPending
@@ -274,14 +273,20 @@ func (d *Dispatcher) attempt(ctx context.Context, h allot.Webhook, dl allot.Deli
 	}
 }
 
+// backoff is the wait after the n-th failed try (n >= 1), jitter aside:
+// FirstRetry doubling, at most MaxBackoff.
+func (d *Dispatcher) backoff(n int) time.Duration {
+	return min(time.Duration(float64(d.cfg.FirstRetry)*math.Pow(2, float64(n-1))), d.cfg.MaxBackoff)
+}
+
 // backoffs is the waiting that attempts failed tries add up to, jitter
 // aside. The retry window is counted in it, not from the delivery's
 // creation: a replayed delivery gets the whole window again, and one
 // that waited while no dispatcher ran still gets every retry.
 func (d *Dispatcher) backoffs(attempts int) time.Duration {
 	var total time.Duration
-	for i := range attempts {
-		total += min(time.Duration(float64(d.cfg.FirstRetry)*math.Pow(2, float64(i))), d.cfg.MaxBackoff)
+	for n := 1; n <= attempts; n++ {
+		total += d.backoff(n)
 		if total > d.cfg.RetryFor {
 			break
 		}
