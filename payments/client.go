@@ -23,7 +23,8 @@ type Client struct {
 }
 
 // A redirect is not an answer: followed, a POST becomes a GET without the
-// payment, and its 4xx would read as a refusal.
+// payment, and whatever that GET answered (a 200, a 4xx) would be taken for
+// the payment's outcome.
 var defaultClient = &http.Client{Timeout: 30 * time.Second,
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
