@@ -192,7 +192,7 @@ func New(ctx context.Context, s allot.Store, cfg Config) (*Runner, error) {
 		}}
 	case interface{ Pool() *pgxpool.Pool }:
 		d := riverpgxv5.New(st.Pool())
-		if err := migrate[pgx.Tx](ctx, d); err != nil {
+		if err := migratePostgres(ctx, st.Pool(), d); err != nil {
 			return nil, err
 		}
 		c, err := river.NewClient(d, rc)
@@ -221,6 +221,32 @@ func migrate[TTx any](ctx context.Context, d riverdriver.Driver[TTx]) error {
 		return fmt.Errorf("workflow: migrating River's tables: %w", err)
 	}
 	return nil
+}
+
+// migratePostgres runs River's migrations under a session advisory lock
+// for the schema. River's Migrate applies each version in a transaction of
+// its own and takes no lock: nodes starting together on a fresh database
+// each created its tables, and all but one failed. Not one transaction
+// (MigrateTx): some of River's versions cannot share one.
+func migratePostgres(ctx context.Context, pool *pgxpool.Pool, d riverdriver.Driver[pgx.Tx]) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("workflow: locking River's migrations: %w", err)
+	}
+	const key = `hashtext('allot-river-migrate:' || current_schema())`
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(`+key+`)`); err != nil {
+		conn.Release()
+		return fmt.Errorf("workflow: locking River's migrations: %w", err)
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+key+`)`); err != nil {
+			// Closing the session is what releases its lock then.
+			_ = conn.Hijack().Close(context.WithoutCancel(ctx))
+			return
+		}
+		conn.Release()
+	}()
+	return migrate(ctx, d)
 }
 
 // Start runs the workers, which move e's orders.
