@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/text/currency"
 )
 
 // DateLayout is the wire form of a date (seed 000 wanted exactly this).
@@ -89,17 +91,37 @@ type Money struct {
 const MaxMoneyScale = 6
 
 // ParseMoney parses a non-negative decimal string like "120.00" and an ISO
-// 4217-shaped currency code.
-func ParseMoney(amount, currency string) (Money, error) {
-	if len(currency) != 3 || strings.ToUpper(currency) != currency || strings.ContainsFunc(currency, func(r rune) bool { return r < 'A' || r > 'Z' }) {
-		return Money{}, fmt.Errorf("currency %q is not a three-letter upper-case ISO 4217 code", currency)
+// 4217-shaped currency code. An amount in a currency ISO 4217 lists may not
+// be finer than its minor unit ("12.505" EUR, "10.5" JPY): no payment could
+// charge it. Zeros past the minor unit are dropped ("12.500" EUR is 12.50).
+// Codes ISO 4217 does not list (BTC, loyalty points) take up to
+// MaxMoneyScale decimals.
+func ParseMoney(amount, code string) (Money, error) {
+	if len(code) != 3 || strings.ToUpper(code) != code || strings.ContainsFunc(code, func(r rune) bool { return r < 'A' || r > 'Z' }) {
+		return Money{}, fmt.Errorf("currency %q is not a three-letter upper-case ISO 4217 code", code)
 	}
 	whole, frac, hasDot := strings.Cut(amount, ".")
 	if whole == "" || len(whole) > 12 || (hasDot && (frac == "" || len(frac) > MaxMoneyScale)) || !digits(whole) || !digits(frac) {
 		return Money{}, fmt.Errorf("amount %q is not a non-negative decimal with at most 12 integer digits and %d decimals, such as \"120.00\"", amount, MaxMoneyScale)
 	}
+	if u, err := currency.ParseISO(code); err == nil {
+		if scale, _ := currency.Standard.Rounding(u); len(frac) > scale {
+			if strings.Trim(frac[scale:], "0") != "" {
+				return Money{}, fmt.Errorf("amount %q has more decimals than %s has (%d): %s amounts are in whole %s", amount, code, scale, code, minorUnit(scale))
+			}
+			frac = frac[:scale]
+		}
+	}
 	v, _ := strconv.ParseInt(whole+frac, 10, 64)
-	return Money{Minor: v, Scale: len(frac), Currency: currency}, nil
+	return Money{Minor: v, Scale: len(frac), Currency: code}, nil
+}
+
+// minorUnit names the smallest amount at a scale, for error messages.
+func minorUnit(scale int) string {
+	if scale == 0 {
+		return "units"
+	}
+	return "multiples of 0." + strings.Repeat("0", scale-1) + "1"
 }
 
 func digits(s string) bool {
@@ -172,13 +194,15 @@ func (m Money) MarshalJSON() ([]byte, error) {
 }
 
 func (m *Money) UnmarshalJSON(b []byte) error {
-	var j moneyJSON
+	var j struct{ Amount, Currency json.RawMessage }
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&j); err != nil {
-		return fmt.Errorf("price must be {\"amount\": \"120.00\", \"currency\": \"EUR\"}: %v", err)
+	var amount, code string
+	if err := dec.Decode(&j); err != nil || json.Unmarshal(j.Amount, &amount) != nil || json.Unmarshal(j.Currency, &code) != nil {
+		// Amounts are strings so that no float ever rounds one.
+		return fmt.Errorf(`a price must be {"amount": "120.00", "currency": "EUR"}, the amount a string, not %.100s`, b)
 	}
-	p, err := ParseMoney(j.Amount, j.Currency)
+	p, err := ParseMoney(amount, code)
 	if err != nil {
 		return err
 	}

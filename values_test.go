@@ -29,6 +29,16 @@ func TestParseMoney(t *testing.T) {
 		{"1.00", "eur", false, 0, 0, ""},
 		{"1.00", "EURO", false, 0, 0, ""},
 		{"", "EUR", false, 0, 0, ""},
+		// ISO 4217 currencies: no finer than the minor unit.
+		{"12.505", "EUR", false, 0, 0, ""},
+		{"12.500", "EUR", true, 1250, 2, "12.50"},
+		{"10.5", "JPY", false, 0, 0, ""},
+		{"10.0", "JPY", true, 10, 0, "10"},
+		{"1.234", "BHD", true, 1234, 3, "1.234"},
+		{"1.2345", "BHD", false, 0, 0, ""},
+		{"0.0001", "CLF", true, 1, 4, "0.0001"},
+		// Codes ISO 4217 does not list keep up to MaxMoneyScale decimals.
+		{"0.123456", "PTS", true, 123456, 6, "0.123456"},
 	}
 	for _, c := range cases {
 		m, err := ParseMoney(c.amount, c.currency)
@@ -44,7 +54,8 @@ func TestParseMoney(t *testing.T) {
 
 func TestMoneyArithmetic(t *testing.T) {
 	a, _ := ParseMoney("99.50", "EUR")
-	b, _ := ParseMoney("0.125", "EUR")
+	b, _ := ParseMoney("0.125", "BHD")
+	b.Currency = "EUR" // a scale finer than the other's, as stored by an older version
 	three, err := a.Times(3)
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +64,7 @@ func TestMoneyArithmetic(t *testing.T) {
 	if err != nil || sum.Amount() != "298.625" {
 		t.Fatalf("3*99.50+0.125 = %s, %v", sum.Amount(), err)
 	}
-	big, _ := ParseMoney("999999999999.999999", "EUR")
+	big, _ := ParseMoney("999999999999.999999", "PTS")
 	if _, err := big.Times(20); !errors.Is(err, ErrMoneyOverflow) {
 		t.Fatalf("20 x %s: %v, want overflow", big.Amount(), err)
 	}

@@ -7,6 +7,7 @@ import (
 	nethttp "net/http"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/allot/allot"
 )
@@ -123,6 +124,7 @@ func jsonFieldError(err error) *allot.Error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	var tooBig *nethttp.MaxBytesError
+	var badTime *time.ParseError
 	switch {
 	case errors.As(err, &tooBig):
 		return &allot.Error{Code: codeTooLarge, Detail: fmt.Sprintf("the body may be at most %d bytes", tooBig.Limit), Line: -1}
@@ -137,6 +139,8 @@ func jsonFieldError(err error) *allot.Error {
 			return &allot.Error{Code: codeMalformed, Field: field, Line: -1, Detail: fmt.Sprintf("%s must be a date of the form YYYY-MM-DD, not %s", field, typ.Value)}
 		}
 		return &allot.Error{Code: codeMalformed, Field: field, Line: -1, Detail: fmt.Sprintf("%s must be %s, not a JSON %s", field, jsonKind(typ.Type.Kind().String()), typ.Value)}
+	case errors.As(err, &badTime):
+		return malformed("times are RFC 3339 with a zone, such as \"2027-01-04T09:00:00Z\", not %q", badTime.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return &allot.Error{Code: codeMalformed, Field: name, Line: -1, Detail: fmt.Sprintf("unknown field %q; see GET /v1/openapi.json for the fields this request takes", name)}

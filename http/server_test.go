@@ -102,7 +102,7 @@ func (a *api) mustDo(want int, method, path, body string, hdr ...string) map[str
 
 func (a *api) seed() {
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"room","name":"Double","kind":"nightly","capacity":1,"price":{"amount":"99.50","currency":"EUR"}}`)
-	a.mustDo(201, "POST", "/v1/resources", `{"id":"pricey","name":"Pricey","kind":"stock","capacity":100,"price":{"amount":"999999999999.999999","currency":"EUR"}}`)
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"pricey","name":"Pricey","kind":"stock","capacity":100,"price":{"amount":"999999999999.999999","currency":"PTS"}}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"book","name":"Book","kind":"stock","capacity":3}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"class","name":"Yoga","kind":"slot","capacity":10,"slots":[{"id":"mon-9","starts_at":"2027-01-04T09:00:00Z"}]}`)
 }
@@ -195,6 +195,9 @@ func testErrors(t *testing.T, a *api) {
 		{"bad kind", "POST", "/v1/resources", `{"name":"x","kind":"weekly","capacity":1}`, 422, "validation-failed", "kind"},
 		{"bad price", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"-1","currency":"EUR"}}`, 400, "malformed-request", ""},
 		{"float price", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":12.5,"currency":"EUR"}}`, 400, "malformed-request", ""},
+		{"price finer than its currency", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"12.505","currency":"EUR"}}`, 400, "malformed-request", ""},
+		{"yen with decimals", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"10.5","currency":"JPY"}}`, 400, "malformed-request", ""},
+		{"slot time without a zone", "POST", "/v1/resources", `{"name":"x","kind":"slot","capacity":1,"slots":[{"id":"a","starts_at":"2027-01-04 09:00"}]}`, 400, "malformed-request", ""},
 		{"missing capacity", "POST", "/v1/resources", `{"name":"x","kind":"stock"}`, 422, "validation-failed", "capacity"},
 		{"duplicate id", "POST", "/v1/resources", `{"id":"book","name":"x","kind":"stock","capacity":1}`, 409, "already-exists", "id"},
 		{"bad id", "POST", "/v1/resources", `{"id":"a b","name":"x","kind":"stock","capacity":1}`, 422, "validation-failed", "id"},
@@ -234,6 +237,10 @@ func testErrors(t *testing.T, a *api) {
 			}
 			if c.field != "" && p["field"] != c.field {
 				t.Fatalf("field %v, want %s", p["field"], c.field)
+			}
+			// The detail speaks of the request, not of the server's code.
+			if d, _ := p["detail"].(string); strings.Contains(d, "Go struct") || strings.Contains(d, "2006-01-02T15") || strings.Contains(d, "moneyJSON") {
+				t.Fatalf("detail shows the server's internals: %s", d)
 			}
 		})
 	}
