@@ -64,6 +64,13 @@ func (e *Engine) lease(ctx context.Context, in LeaseInput) (LeaseResult, error) 
 	if err != nil {
 		return LeaseResult{}, err
 	}
+	for i, l := range d.lines {
+		if d.res[l.ResourceID].Kind == allot.KindNightly {
+			// A verdict is per bucket, and a stay spans several.
+			return LeaseResult{}, &allot.Error{Code: allot.CodeInvalid, Field: fmt.Sprintf("lines[%d].resource_id", i), Line: i,
+				Detail: fmt.Sprintf("resource %q is nightly; leases are for sessions and stock (hold a stay with a hold)", l.ResourceID)}
+		}
+	}
 	// The buckets of the lease this one replaces must be locked too.
 	specs, old, err := e.withHold(ctx, d, in.ID)
 	if err != nil {
@@ -255,6 +262,16 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 				return nil, err
 			}
 			prev.Status, prev.OrderID = allot.HoldConverted, o.ID
+		}
+		if !exists {
+			// No lease came first: the id is marked booked, so that a lease
+			// asked for under it later (a C2 racing this B) is refused
+			// instead of holding capacity beside the order.
+			now := e.now()
+			if err := w.InsertHold(ctx, allot.Hold{ID: in.ReplacesHold, Status: allot.HoldConverted, OrderID: o.ID,
+				CustomerID: in.CustomerID, ExpiresAt: now, CreatedAt: now, Lines: in.Lines}); err != nil {
+				return nil, err
+			}
 		}
 		if exists && (len(own) > 0 || prev.Status == allot.HoldConverted) {
 			// Its claims on lines the order does not have are free again:

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/allot/allot"
@@ -17,20 +19,32 @@ func (e *Engine) Sweep(ctx context.Context, limit int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 0
+	n, failed := 0, 0
+	var first error
 	for _, id := range ids {
 		if _, err := e.releaseHold(ctx, id, allot.HoldExpired); err != nil {
 			if allot.CodeOf(err) != "" { // it changed under us (booked, say): nothing to do
 				continue
 			}
-			return n, err
+			if ctx.Err() != nil {
+				return n, err
+			}
+			// One hold that cannot be released must not keep every hold
+			// that expired after it: go on, and report it.
+			if failed++; first == nil {
+				first = fmt.Errorf("releasing expired hold %s: %w", id, err)
+			}
+			continue
 		}
 		n++
 	}
 	if _, err := e.store.DeleteIdempotencyKeysBefore(ctx, e.now().Add(-IdempotencyRetention)); err != nil {
-		return n, err
+		return n, errors.Join(first, err)
 	}
-	return n, nil
+	if failed > 1 {
+		first = fmt.Errorf("%w (and %d more holds)", first, failed-1)
+	}
+	return n, first
 }
 
 // RunSweeper sweeps every interval until ctx ends, logging failures.

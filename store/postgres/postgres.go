@@ -1039,7 +1039,15 @@ func (t *tx) SetHoldStatus(ctx context.Context, id string, st allot.HoldStatus, 
 	return nil
 }
 
+// LockHold locks the hold id, existing or not: first a transaction lock on
+// the id, then its row. FOR UPDATE alone locks no row that is not there
+// yet, and two first leases under one new id (on different buckets, so no
+// bucket lock between them) each wrote claims under it: its row kept one
+// lease's lines, and the other's claims could never be released. With the
+// id locked, the second waits, and its SELECT, a statement of its own, sees
+// the first's row. The lock goes in the same round trip as the SELECT.
 func (t *tx) LockHold(ctx context.Context, id string) (allot.Hold, error) {
+	t.queue(nil, `SELECT pg_advisory_xact_lock(hashtextextended('allot-hold:' || current_schema() || ':' || $1, 0))`, id)
 	return scanHold(t.db.QueryRow(ctx, `SELECT `+holdCols+` FROM holds WHERE id = $1 FOR UPDATE`, id))
 }
 

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -212,6 +213,111 @@ func (s suite) testLeaseRace(t *testing.T) {
 	b := e.bucket("class", "s1")
 	if b.Held > 7 || b.Held+b.Available != 7 {
 		t.Fatalf("bucket after the race: %+v", b)
+	}
+}
+
+// testFirstLeaseRace: two first leases under one new id, on different
+// sessions, at once (OpenActive's C1 and C2 for one UUID). One replaces the
+// other; neither may leave claims that its hold's lines do not list, which
+// nothing could release.
+func (s suite) testFirstLeaseRace(t *testing.T) {
+	e := s.env(t)
+	e.session("left", 100)
+	e.session("right", 100)
+	const ids = 30
+	var wg sync.WaitGroup
+	for i := range ids {
+		for _, res := range []string{"left", "right"} {
+			wg.Go(func() {
+				if _, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: fmt.Sprintf("new-%d", i), Lines: spaces(res, 1), TTL: time.Minute}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	CheckInvariants(t, e.ctx, e.store, "left", "right")
+	if held := e.bucket("left", "s1").Held + e.bucket("right", "s1").Held; held != ids {
+		t.Errorf("%d leases of one space each hold %d spaces", ids, held)
+	}
+	for i := range ids {
+		if _, err := e.eng.ReleaseHold(e.ctx, fmt.Sprintf("new-%d", i)); err != nil {
+			t.Errorf("releasing lease new-%d: %v", i, err)
+		}
+	}
+	e.wantBucket("left", "s1", 0, 0, 100)
+	e.wantBucket("right", "s1", 0, 0, 100)
+}
+
+// testLeaseRacingBooking: a lease and a booking under one new id (C2 and B
+// for one UUID), on different sessions, at once. Whichever comes first, no
+// lease is left holding capacity beside the order.
+func (s suite) testLeaseRacingBooking(t *testing.T) {
+	e := s.env(t)
+	e.session("left", 100)
+	e.session("right", 100)
+	const ids = 30
+	var wg sync.WaitGroup
+	for i := range ids {
+		id := fmt.Sprintf("uuid-%d", i)
+		wg.Go(func() {
+			_, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: id, Lines: spaces("left", 1), TTL: time.Minute})
+			if err != nil && allot.CodeOf(err) != allot.CodeHoldConverted {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{ID: "order-" + id, Prepaid: true, Lines: spaces("right", 1), ReplacesHold: id}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	CheckInvariants(t, e.ctx, e.store, "left", "right")
+	e.wantBucket("left", "s1", 0, 0, 100)
+	e.wantBucket("right", "s1", 0, ids, 100-ids)
+	_, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "uuid-0", Lines: spaces("left", 1), TTL: time.Minute})
+	wantCode(t, err, allot.CodeHoldConverted)
+}
+
+// testLeaseNightRefused: a lease is for sessions and stock; a stay is
+// refused as such, not as if its rooms were gone.
+func (s suite) testLeaseNightRefused(t *testing.T) {
+	e := s.env(t)
+	e.room("suite", 4)
+	_, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "stay", Lines: []allot.Line{stay("suite", "2030-01-01", "2030-01-03", 1)}, TTL: time.Minute})
+	wantCode(t, err, allot.CodeInvalid)
+}
+
+// testSweepPastStuckHold: an expired hold the sweeper cannot release (here
+// one whose claims reach past its lines, as the race above once left) does
+// not keep it from the holds behind it.
+func (s suite) testSweepPastStuckHold(t *testing.T) {
+	e := s.env(t)
+	e.session("left", 10)
+	e.session("right", 10)
+	now := e.clock.Now()
+	stuck := allot.Hold{ID: "stuck", Status: allot.HoldActive, ExpiresAt: now.Add(time.Second), CreatedAt: now, Lines: spaces("left", 1)}
+	e.must(e.store.Write(e.ctx, func(tx allot.Tx) error {
+		if err := tx.InsertHold(e.ctx, stuck); err != nil {
+			return err
+		}
+		return tx.AddClaims(e.ctx, []allot.Claim{
+			{BucketKey: allot.BucketKey{ResourceID: "left", Key: "s1"}, OwnerID: "stuck", Kind: allot.ClaimHeld, Quantity: 1},
+			{BucketKey: allot.BucketKey{ResourceID: "right", Key: "s1"}, OwnerID: "stuck", Kind: allot.ClaimHeld, Quantity: 1},
+		})
+	}))
+	later, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "later", Lines: spaces("left", 1), TTL: time.Minute})
+	e.must(err)
+	e.clock.Advance(2 * time.Minute)
+	n, err := e.eng.Sweep(e.ctx, 100)
+	if err == nil || !strings.Contains(err.Error(), "stuck") {
+		t.Errorf("sweep: %v, want the stuck hold's failure reported", err)
+	}
+	h, gerr := e.store.GetHold(e.ctx, later.Hold.ID)
+	e.must(gerr)
+	if n != 1 || h.Status != allot.HoldExpired {
+		t.Fatalf("sweep released %d; the hold behind the stuck one is %s, want expired", n, h.Status)
 	}
 }
 
