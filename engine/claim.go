@@ -74,7 +74,11 @@ func lineKeys(res allot.Resource, l allot.Line, f func(string) string) ([]string
 			return nil, allot.Invalid(f("slot"), "resource %q is nightly: give check_in and check_out, not slot", res.ID)
 		}
 		if l.CheckIn == nil || l.CheckOut == nil {
-			return nil, allot.Invalid(f("check_in"), "resource %q is nightly: check_in and check_out (YYYY-MM-DD) are required", res.ID)
+			missing := "check_in"
+			if l.CheckIn != nil {
+				missing = "check_out"
+			}
+			return nil, allot.Invalid(f(missing), "resource %q is nightly: check_in and check_out (YYYY-MM-DD) are required", res.ID)
 		}
 		n := l.CheckIn.DaysUntil(*l.CheckOut)
 		if n < 1 {

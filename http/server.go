@@ -193,13 +193,25 @@ func render(status int, instance string) func(any, error) (int, []byte) {
 		if status == 204 {
 			return 204, nil
 		}
-		b, merr := json.Marshal(v)
+		b, merr := marshal(v)
 		if merr != nil {
 			p := problemOf(merr, instance)
 			return p.Status, problemBody(p)
 		}
-		return status, append(b, '\n')
+		return status, b
 	}
+}
+
+// marshal is json.Marshal without HTML escaping, and with a newline: a
+// feed's next link keeps its '&' as clients show and follow it, not \u0026.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // handle wraps an endpoint: POSTs with an Idempotency-Key are claimed,

@@ -186,6 +186,8 @@ func testErrors(t *testing.T, a *api) {
 		{"bad capacity range date", "PUT", "/v1/resources/room/capacity", `{"from":"2027-02-30","to":"2027-03-01","capacity":1}`, 400, "malformed-request", "from"},
 		{"zero quantity", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":0}]}`, 422, "validation-failed", "lines[0].quantity"},
 		{"negative quantity", "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":-1}]}`, 422, "validation-failed", "lines[0].quantity"},
+		{"no check-out", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-03"}]}`, 422, "validation-failed", "lines[0].check_out"},
+		{"no dates", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1}]}`, 422, "validation-failed", "lines[0].check_in"},
 		{"check-out before check-in", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-03","check_out":"2027-02-01"}]}`, 422, "validation-failed", "lines[0].check_out"},
 		{"unknown resource", "POST", "/v1/holds", `{"lines":[{"resource_id":"ghost","quantity":1}]}`, 422, "validation-failed", "lines[0].resource_id"},
 		{"unknown slot", "POST", "/v1/holds", `{"lines":[{"resource_id":"class","quantity":1,"slot":"sun"}]}`, 422, "validation-failed", "lines[0].slot"},
@@ -418,6 +420,9 @@ func TestOrdersFeed(t *testing.T) {
 	for pages := 0; ; pages++ {
 		if pages > 10 {
 			t.Fatal("the feed does not end")
+		}
+		if raw := a.do("GET", url, "").body; strings.Contains(string(raw), `\u0026`) {
+			t.Fatalf("the page escapes '&' in its links: %s", raw)
 		}
 		p := a.mustDo(200, "GET", url, "")
 		items := p["items"].([]any)

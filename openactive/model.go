@@ -6,6 +6,7 @@
 package openactive
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -186,10 +187,14 @@ func idOf(raw json.RawMessage) string {
 	return ""
 }
 
+// mustJSON encodes v without HTML escaping: the feeds' next links keep
+// their '&' (not \u0026), as RPDE clients follow them.
 func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		panic(fmt.Sprintf("openactive: %T does not marshal: %v", v, err))
 	}
-	return b
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
