@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -56,9 +57,16 @@ type Kafka struct {
 	name string
 }
 
+// PublishTimeout bounds how long a record waits to be delivered. franz-go
+// waits without end by default: with no broker up, the relay sat in one
+// Publish and said nothing. Now the batch fails, the relay logs it and
+// tries again (nothing is skipped: it resends from its cursor).
+const PublishTimeout = 30 * time.Second
+
 // NewKafka connects to the seed brokers.
 func NewKafka(brokers []string, opts ...kgo.Opt) (*Kafka, error) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.AllowAutoTopicCreation()}, opts...)...)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.AllowAutoTopicCreation(),
+		kgo.RecordDeliveryTimeout(PublishTimeout)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}

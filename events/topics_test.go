@@ -1,8 +1,12 @@
 package events
 
 import (
+	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/allot/allot"
 )
@@ -33,5 +37,29 @@ func TestTopics(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(c.want) {
 			t.Errorf("%s %s: topics %v, want %v", c.typ, c.payload, got, c.want)
 		}
+	}
+}
+
+// With no broker to take them, records fail after a bounded wait (and the
+// relay logs and retries) instead of blocking Publish without a word.
+func TestKafkaPublishWithoutBrokerFails(t *testing.T) {
+	k, err := NewKafka([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	if got := k.cl.OptValue(kgo.RecordDeliveryTimeout); got != PublishTimeout {
+		t.Fatalf("record delivery timeout %v, want %v", got, PublishTimeout)
+	}
+	short, err := NewKafka([]string{"127.0.0.1:1"}, kgo.RecordDeliveryTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = short.Publish(ctx, []allot.Event{{ID: "evt_1", Type: allot.EventHoldCreated, ResourceID: "r", Payload: []byte(`{}`)}})
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("publish with no broker: %v (context: %v), want a delivery failure before the context ends", err, ctx.Err())
 	}
 }
