@@ -28,6 +28,12 @@ func ParseDate(s string) (Date, error) {
 	return Date{t}, nil
 }
 
+// DateOf is the civil date of t in t's location.
+func DateOf(t time.Time) Date {
+	y, m, d := t.Date()
+	return Date{time.Date(y, m, d, 0, 0, 0, 0, time.UTC)}
+}
+
 // MustDate parses s or panics; for tests and constants.
 func MustDate(s string) Date {
 	d, err := ParseDate(s)

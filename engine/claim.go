@@ -65,6 +65,24 @@ func (e *Engine) demandOf(ctx context.Context, r allot.Reader, lines []allot.Lin
 	return d, nil
 }
 
+// newDemandOf is demandOf for capacity asked for now (a hold, a lease, an
+// order of lines): no stay may begin before yesterday in UTC, the earliest
+// date that is still today somewhere. Releasing, expiring or cancelling
+// what was asked for earlier uses demandOf: a stay past is still let go.
+func (e *Engine) newDemandOf(ctx context.Context, r allot.Reader, lines []allot.Line) (*demand, error) {
+	d, err := e.demandOf(ctx, r, lines)
+	if err != nil {
+		return nil, err
+	}
+	earliest := allot.DateOf(e.now().UTC()).AddDays(-1)
+	for i, l := range lines {
+		if l.CheckIn != nil && l.CheckIn.Before(earliest) {
+			return nil, allot.Invalid(fmt.Sprintf("lines[%d].check_in", i), "check_in %s is in the past (the earliest is %s)", l.CheckIn, earliest)
+		}
+	}
+	return d, nil
+}
+
 // lineKeys lists the bucket keys one line claims, checking that the line has
 // exactly the fields its resource's kind needs.
 func lineKeys(res allot.Resource, l allot.Line, f func(string) string) ([]string, error) {

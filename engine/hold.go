@@ -28,7 +28,7 @@ func (e *Engine) CreateHold(ctx context.Context, in HoldInput) (allot.Hold, erro
 	if err := checkCustomer(in.CustomerID); err != nil {
 		return allot.Hold{}, err
 	}
-	d, err := e.demandOf(ctx, e.store, in.Lines)
+	d, err := e.newDemandOf(ctx, e.store, in.Lines)
 	if err != nil {
 		return allot.Hold{}, err
 	}

@@ -60,7 +60,7 @@ func (e *Engine) lease(ctx context.Context, in LeaseInput) (LeaseResult, error) 
 	if err := checkCustomer(in.CustomerID); err != nil {
 		return LeaseResult{}, err
 	}
-	d, err := e.demandOf(ctx, e.store, in.Lines)
+	d, err := e.newDemandOf(ctx, e.store, in.Lines)
 	if err != nil {
 		return LeaseResult{}, err
 	}
@@ -195,7 +195,7 @@ func mergeSpecs(a, b []allot.BucketSpec) []allot.BucketSpec {
 // one transaction: the hold's claims are given back, the lines decided,
 // and the hold ends converted. A refusal changes neither.
 func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order, error) {
-	d, err := e.demandOf(ctx, e.store, in.Lines)
+	d, err := e.newDemandOf(ctx, e.store, in.Lines)
 	if err != nil {
 		return allot.Order{}, err
 	}

@@ -48,7 +48,7 @@ func (e *Engine) CreateOrder(ctx context.Context, in OrderInput) (allot.Order, e
 	case len(in.Lines) == 0:
 		return allot.Order{}, allot.Invalid("lines", "give hold_id, or lines to book directly")
 	}
-	d, err := e.demandOf(ctx, e.store, in.Lines)
+	d, err := e.newDemandOf(ctx, e.store, in.Lines)
 	if err != nil {
 		return allot.Order{}, err
 	}

@@ -104,13 +104,13 @@ func (a *api) seed() {
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"room","name":"Double","kind":"nightly","capacity":1,"price":{"amount":"99.50","currency":"EUR"}}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"pricey","name":"Pricey","kind":"stock","capacity":100,"price":{"amount":"999999999999.999999","currency":"PTS"}}`)
 	a.mustDo(201, "POST", "/v1/resources", `{"id":"book","name":"Book","kind":"stock","capacity":3}`)
-	a.mustDo(201, "POST", "/v1/resources", `{"id":"class","name":"Yoga","kind":"slot","capacity":10,"slots":[{"id":"mon-9","starts_at":"2027-01-04T09:00:00Z"}]}`)
+	a.mustDo(201, "POST", "/v1/resources", `{"id":"class","name":"Yoga","kind":"slot","capacity":10,"slots":[{"id":"mon-9","starts_at":"2037-01-04T09:00:00Z"}]}`)
 }
 
 func TestFlows(t *testing.T) {
 	a := newAPI(t)
 	a.seed()
-	h := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"},{"resource_id":"class","quantity":2,"slot":"mon-9"}],"ttl_seconds":60,"customer_id":"c9"}`)
+	h := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-01","check_out":"2037-02-03"},{"resource_id":"class","quantity":2,"slot":"mon-9"}],"ttl_seconds":60,"customer_id":"c9"}`)
 	if h["status"] != "active" || h["expires_at"] == nil {
 		t.Fatalf("hold %v", h)
 	}
@@ -123,7 +123,7 @@ func TestFlows(t *testing.T) {
 		t.Fatalf("order %v", o)
 	}
 	oid := o["id"].(string)
-	av := a.mustDo(200, "GET", "/v1/resources/room/availability?from=2027-02-01&to=2027-02-04", "")
+	av := a.mustDo(200, "GET", "/v1/resources/room/availability?from=2037-02-01&to=2037-02-04", "")
 	bs := av["buckets"].([]any)
 	if len(bs) != 3 || bs[0].(map[string]any)["available"] != 0.0 || bs[2].(map[string]any)["available"] != 1.0 {
 		t.Fatalf("availability %v", av)
@@ -148,7 +148,7 @@ func TestFlows(t *testing.T) {
 	h2 := a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}]}`)
 	a.mustDo(204, "DELETE", "/v1/holds/"+h2["id"].(string), "")
 	a.mustDo(204, "DELETE", "/v1/holds/"+h2["id"].(string), "")
-	a.mustDo(201, "POST", "/v1/resources/class/slots", `{"id":"tue-9","starts_at":"2027-01-05T09:00:00Z","capacity":4}`)
+	a.mustDo(201, "POST", "/v1/resources/class/slots", `{"id":"tue-9","starts_at":"2037-01-05T09:00:00Z","capacity":4}`)
 	a.mustDo(200, "PUT", "/v1/resources/class/capacity", `{"slot":"tue-9","capacity":5}`)
 	r := a.mustDo(200, "GET", "/v1/resources/class", "")
 	if len(r["slots"].([]any)) != 2 {
@@ -168,7 +168,7 @@ func TestErrors(t *testing.T) {
 func testErrors(t *testing.T, a *api) {
 	a.seed()
 	stay := func(extra string) string {
-		return `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"` + extra + `}]}`
+		return `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-01","check_out":"2037-02-03"` + extra + `}]}`
 	}
 	cases := []struct {
 		name, method, path, body string
@@ -181,14 +181,16 @@ func testErrors(t *testing.T, a *api) {
 		{"two values", "POST", "/v1/holds", stay("") + `{}`, 400, "malformed-request", ""},
 		{"unknown field", "POST", "/v1/holds", `{"lines":[],"colour":"red"}`, 400, "malformed-request", "colour"},
 		{"wrong type", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":"2"}]}`, 400, "malformed-request", "lines.quantity"},
-		{"bad date", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"01/02/2027","check_out":"2027-02-03"}]}`, 400, "malformed-request", "lines.check_in"},
-		{"date as a number", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":20270203}]}`, 400, "malformed-request", "lines.check_out"},
-		{"bad capacity range date", "PUT", "/v1/resources/room/capacity", `{"from":"2027-02-30","to":"2027-03-01","capacity":1}`, 400, "malformed-request", "from"},
+		{"bad date", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"01/02/2027","check_out":"2037-02-03"}]}`, 400, "malformed-request", "lines.check_in"},
+		{"date as a number", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-01","check_out":20270203}]}`, 400, "malformed-request", "lines.check_out"},
+		{"bad capacity range date", "PUT", "/v1/resources/room/capacity", `{"from":"2037-02-30","to":"2037-03-01","capacity":1}`, 400, "malformed-request", "from"},
 		{"zero quantity", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":0}]}`, 422, "validation-failed", "lines[0].quantity"},
 		{"negative quantity", "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":-1}]}`, 422, "validation-failed", "lines[0].quantity"},
-		{"no check-out", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-03"}]}`, 422, "validation-failed", "lines[0].check_out"},
+		{"stay in the past", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2020-02-01","check_out":"2020-02-03"}]}`, 422, "validation-failed", "lines[0].check_in"},
+		{"past order", "POST", "/v1/orders", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2020-02-01","check_out":"2020-02-03"}]}`, 422, "validation-failed", "lines[0].check_in"},
+		{"no check-out", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-03"}]}`, 422, "validation-failed", "lines[0].check_out"},
 		{"no dates", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1}]}`, 422, "validation-failed", "lines[0].check_in"},
-		{"check-out before check-in", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-03","check_out":"2027-02-01"}]}`, 422, "validation-failed", "lines[0].check_out"},
+		{"check-out before check-in", "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-03","check_out":"2037-02-01"}]}`, 422, "validation-failed", "lines[0].check_out"},
 		{"unknown resource", "POST", "/v1/holds", `{"lines":[{"resource_id":"ghost","quantity":1}]}`, 422, "validation-failed", "lines[0].resource_id"},
 		{"unknown slot", "POST", "/v1/holds", `{"lines":[{"resource_id":"class","quantity":1,"slot":"sun"}]}`, 422, "validation-failed", "lines[0].slot"},
 		{"ttl zero", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}],"ttl_seconds":0}`, 422, "validation-failed", "ttl_seconds"},
@@ -199,7 +201,7 @@ func testErrors(t *testing.T, a *api) {
 		{"float price", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":12.5,"currency":"EUR"}}`, 400, "malformed-request", ""},
 		{"price finer than its currency", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"12.505","currency":"EUR"}}`, 400, "malformed-request", ""},
 		{"yen with decimals", "POST", "/v1/resources", `{"name":"x","kind":"stock","capacity":1,"price":{"amount":"10.5","currency":"JPY"}}`, 400, "malformed-request", ""},
-		{"slot time without a zone", "POST", "/v1/resources", `{"name":"x","kind":"slot","capacity":1,"slots":[{"id":"a","starts_at":"2027-01-04 09:00"}]}`, 400, "malformed-request", ""},
+		{"slot time without a zone", "POST", "/v1/resources", `{"name":"x","kind":"slot","capacity":1,"slots":[{"id":"a","starts_at":"2037-01-04 09:00"}]}`, 400, "malformed-request", ""},
 		{"missing capacity", "POST", "/v1/resources", `{"name":"x","kind":"stock"}`, 422, "validation-failed", "capacity"},
 		{"duplicate id", "POST", "/v1/resources", `{"id":"book","name":"x","kind":"stock","capacity":1}`, 409, "already-exists", "id"},
 		{"bad id", "POST", "/v1/resources", `{"id":"a b","name":"x","kind":"stock","capacity":1}`, 422, "validation-failed", "id"},
@@ -213,7 +215,7 @@ func testErrors(t *testing.T, a *api) {
 		{"added slot before year 1", "POST", "/v1/resources/class/slots", `{"id":"old","starts_at":"0000-01-01T00:00:00+01:00"}`, 422, "validation-failed", ".starts_at"},
 		{"total overflows", "POST", "/v1/orders", `{"lines":[{"resource_id":"pricey","quantity":20}]}`, 422, "validation-failed", "lines[0].quantity"},
 		{"availability without range", "GET", "/v1/resources/room/availability", ``, 422, "validation-failed", "from"},
-		{"availability bad date", "GET", "/v1/resources/room/availability?from=x&to=2027-01-01", ``, 422, "validation-failed", "from"},
+		{"availability bad date", "GET", "/v1/resources/room/availability?from=x&to=2037-01-01", ``, 422, "validation-failed", "from"},
 		{"unknown resource path", "GET", "/v1/resources/ghost", ``, 404, "not-found", ""},
 		{"unknown hold", "GET", "/v1/holds/hld_x", ``, 404, "not-found", ""},
 		{"unknown order cancel", "POST", "/v1/orders/ord_x/cancel", ``, 404, "not-found", ""},
@@ -247,10 +249,10 @@ func testErrors(t *testing.T, a *api) {
 		})
 	}
 	t.Run("capacity below usage", func(t *testing.T) {
-		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-06-01","check_out":"2027-06-03"}]}`)
-		p := a.mustDo(409, "PUT", "/v1/resources/room/capacity", `{"from":"2027-05-30","to":"2027-06-05","capacity":0}`)
+		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-06-01","check_out":"2037-06-03"}]}`)
+		p := a.mustDo(409, "PUT", "/v1/resources/room/capacity", `{"from":"2037-05-30","to":"2037-06-05","capacity":0}`)
 		b, _ := p["bucket"].(map[string]any)
-		if p["code"] != "capacity-below-usage" || b["key"] != "2027-06-01" {
+		if p["code"] != "capacity-below-usage" || b["key"] != "2037-06-01" {
 			t.Fatalf("problem %v", p)
 		}
 	})
@@ -267,10 +269,10 @@ func testErrors(t *testing.T, a *api) {
 		}
 	})
 	t.Run("refusal names line and bucket", func(t *testing.T) {
-		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-04-02","check_out":"2027-04-03"}]}`)
-		p := a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1},{"resource_id":"room","quantity":1,"check_in":"2027-04-01","check_out":"2027-04-05"}]}`)
+		a.mustDo(201, "POST", "/v1/holds", `{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-04-02","check_out":"2037-04-03"}]}`)
+		p := a.mustDo(409, "POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1},{"resource_id":"room","quantity":1,"check_in":"2037-04-01","check_out":"2037-04-05"}]}`)
 		b, _ := p["bucket"].(map[string]any)
-		if p["code"] != "capacity-reserved-by-hold" || p["line"] != 1.0 || b["resource_id"] != "room" || b["key"] != "2027-04-02" {
+		if p["code"] != "capacity-reserved-by-hold" || p["line"] != 1.0 || b["resource_id"] != "room" || b["key"] != "2037-04-02" {
 			t.Fatalf("problem %v", p)
 		}
 	})
@@ -369,11 +371,11 @@ func TestIdempotencyRace(t *testing.T) {
 func FuzzRequests(f *testing.F) {
 	for _, s := range []string{
 		`{"lines":[{"resource_id":"book","quantity":1}]}`,
-		`{"lines":[{"resource_id":"room","quantity":1,"check_in":"2027-02-01","check_out":"2027-02-03"}],"ttl_seconds":5}`,
+		`{"lines":[{"resource_id":"room","quantity":1,"check_in":"2037-02-01","check_out":"2037-02-03"}],"ttl_seconds":5}`,
 		`{"lines":[{"resource_id":"class","quantity":2,"slot":"mon-9"}]}`,
 		`{"hold_id":"hld_x"}`,
-		`{"name":"x","kind":"slot","capacity":3,"slots":[{"id":"a","starts_at":"2027-01-01T00:00:00Z"}],"price":{"amount":"1.5","currency":"USD"}}`,
-		`{"from":"2027-01-01","to":"2027-01-09","capacity":2}`,
+		`{"name":"x","kind":"slot","capacity":3,"slots":[{"id":"a","starts_at":"2037-01-01T00:00:00Z"}],"price":{"amount":"1.5","currency":"USD"}}`,
+		`{"from":"2037-01-01","to":"2037-01-09","capacity":2}`,
 		`{"capacity":1e99}`, `{"lines":[{"quantity":9223372036854775807}]}`, `null`, `"x"`, `{}`, ``, `{"lines":null}`,
 	} {
 		f.Add(s)

@@ -52,7 +52,7 @@ func child(schema string) int {
 			for i := range childAttempts {
 				lines := []allot.Line{{ResourceID: "hot", Quantity: 1}}
 				if i%2 == 1 { // also race overlapping stays on one room
-					in, out := allot.MustDate("2027-10-01").AddDays((w+i)%4), allot.MustDate("2027-10-03").AddDays((w+i)%4)
+					in, out := allot.MustDate("2037-10-01").AddDays((w+i)%4), allot.MustDate("2037-10-03").AddDays((w+i)%4)
 					lines = append(lines, allot.Line{ResourceID: "room", Quantity: 1, CheckIn: &in, CheckOut: &out})
 				}
 				_, err := eng.CreateOrder(ctx, engine.OrderInput{Lines: lines})
@@ -101,7 +101,7 @@ func TestTwoProcesses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	from, to := allot.MustDate("2027-10-01"), allot.MustDate("2027-10-10")
+	from, to := allot.MustDate("2037-10-01"), allot.MustDate("2037-10-10")
 	one := 1
 	if _, err := eng.SetCapacity(ctx, "room", engine.CapacityInput{From: &from, To: &to, Capacity: &one}); err != nil {
 		t.Fatal(err)

@@ -79,6 +79,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("Resources", s.testResources)
 	t.Run("HoldBookCancel", s.testHoldBookCancel)
 	t.Run("Refusals", s.testRefusals)
+	t.Run("PastStays", s.testPastStays)
 	t.Run("Capacity", s.testCapacity)
 	t.Run("Expiry", s.testExpiry)
 	t.Run("OrderFromHold", s.testOrderFromHold)
@@ -196,7 +197,7 @@ func (s suite) testResources(t *testing.T) {
 	_, err = e.eng.CreateResource(e.ctx, engine.ResourceInput{ID: "room-101", Name: "again", Kind: allot.KindStock, Capacity: ptr(1)})
 	wantCode(t, err, allot.CodeAlreadyExists)
 
-	start := time.Date(2027, 1, 1, 9, 0, 0, 0, time.UTC)
+	start := time.Date(2037, 1, 1, 9, 0, 0, 0, time.UTC)
 	yoga := e.resource(engine.ResourceInput{Name: "yoga", Kind: allot.KindSlot, Capacity: ptr(10),
 		Slots: []engine.SlotInput{{ID: "mon", StartsAt: &start}, {ID: "tue", StartsAt: ptr(start.Add(24 * time.Hour)), Capacity: ptr(3)}}})
 	got, err = e.eng.GetResource(e.ctx, yoga.ID)
@@ -208,10 +209,10 @@ func (s suite) testResources(t *testing.T) {
 	e.must(err)
 	_, err = e.eng.AddSlot(e.ctx, yoga.ID, engine.SlotInput{ID: "wed", StartsAt: &start})
 	wantCode(t, err, allot.CodeAlreadyExists)
-	a, err := e.eng.Availability(e.ctx, yoga.ID, ptr(allot.MustDate("2027-01-02")), ptr(allot.MustDate("2027-01-04")))
+	a, err := e.eng.Availability(e.ctx, yoga.ID, ptr(allot.MustDate("2037-01-02")), ptr(allot.MustDate("2037-01-04")))
 	e.must(err)
 	if len(a.Buckets) != 2 || a.Buckets[0].Key != "tue" || a.Buckets[1].Key != "wed" {
-		t.Fatalf("slots starting 2027-01-02..04: %+v", a.Buckets)
+		t.Fatalf("slots starting 2037-01-02..04: %+v", a.Buckets)
 	}
 	_, err = e.eng.GetResource(e.ctx, "nope")
 	wantCode(t, err, allot.CodeNotFound)
@@ -220,21 +221,21 @@ func (s suite) testResources(t *testing.T) {
 func (s suite) testHoldBookCancel(t *testing.T) {
 	e := s.env(t)
 	e.room("suite", 2)
-	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{stay("suite", "2027-03-01", "2027-03-04", 1)}, CustomerID: "c1"})
+	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{stay("suite", "2037-03-01", "2037-03-04", 1)}, CustomerID: "c1"})
 	e.must(err)
 	if h.Status != allot.HoldActive || !h.ExpiresAt.Equal(e.clock.Now().Truncate(time.Microsecond).Add(engine.DefaultHoldTTL)) {
 		t.Fatalf("hold %+v", h)
 	}
-	for _, n := range []string{"2027-03-01", "2027-03-02", "2027-03-03"} {
+	for _, n := range []string{"2037-03-01", "2037-03-02", "2037-03-03"} {
 		e.wantBucket("suite", n, 1, 0, 1)
 	}
-	e.wantBucket("suite", "2027-03-04", 0, 0, 2) // check-out night is not claimed
+	e.wantBucket("suite", "2037-03-04", 0, 0, 2) // check-out night is not claimed
 	o, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{HoldID: h.ID})
 	e.must(err)
 	if o.Status != allot.OrderReserved || o.CustomerID != "c1" || o.Total == nil || o.Total.Amount() != "360.00" || o.Total.Currency != "EUR" {
 		t.Fatalf("order %+v total %+v", o, o.Total)
 	}
-	e.wantBucket("suite", "2027-03-02", 0, 1, 1)
+	e.wantBucket("suite", "2037-03-02", 0, 1, 1)
 	h, err = e.eng.GetHold(e.ctx, h.ID)
 	e.must(err)
 	if h.Status != allot.HoldConverted || h.OrderID != o.ID {
@@ -247,7 +248,7 @@ func (s suite) testHoldBookCancel(t *testing.T) {
 	if c.Status != allot.OrderCancelled || len(c.History) != 2 || c.History[1].Cause != "guest cancelled" || c.History[1].From != allot.OrderReserved {
 		t.Fatalf("cancelled order %+v", c)
 	}
-	e.wantBucket("suite", "2027-03-02", 0, 0, 2)
+	e.wantBucket("suite", "2037-03-02", 0, 0, 2)
 	again, err := e.eng.CancelOrder(e.ctx, o.ID, "twice")
 	e.must(err)
 	if len(again.History) != 2 {
@@ -261,9 +262,9 @@ func (s suite) testHoldBookCancel(t *testing.T) {
 	CheckInvariants(t, e.ctx, e.store, "suite")
 
 	// Releasing a hold gives its capacity back; releasing again is a no-op.
-	h2, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{stay("suite", "2027-03-01", "2027-03-02", 2)}})
+	h2, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{stay("suite", "2037-03-01", "2037-03-02", 2)}})
 	e.must(err)
-	e.wantBucket("suite", "2027-03-01", 2, 0, 0)
+	e.wantBucket("suite", "2037-03-01", 2, 0, 0)
 	for range 2 {
 		r, err := e.eng.ReleaseHold(e.ctx, h2.ID)
 		e.must(err)
@@ -271,10 +272,39 @@ func (s suite) testHoldBookCancel(t *testing.T) {
 			t.Fatalf("released hold %+v", r)
 		}
 	}
-	e.wantBucket("suite", "2027-03-01", 0, 0, 2)
+	e.wantBucket("suite", "2037-03-01", 0, 0, 2)
 	_, err = e.eng.ReleaseHold(e.ctx, "hld_missing")
 	wantCode(t, err, allot.CodeNotFound)
 	CheckInvariants(t, e.ctx, e.store, "suite")
+}
+
+// testPastStays: a stay that has begun cannot be held or booked, but what
+// was held or booked before it began is still released, expired and
+// cancelled.
+func (s suite) testPastStays(t *testing.T) {
+	e := s.env(t)
+	e.room("deluxe", 5)
+	today := allot.DateOf(e.clock.Now().UTC())
+	line := stay("deluxe", today.String(), today.AddDays(2).String(), 1)
+	h, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{line}, TTL: time.Hour})
+	e.must(err)
+	o, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{line}})
+	e.must(err)
+	e.clock.Advance(30 * 24 * time.Hour)
+	_, err = e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{line}})
+	wantCode(t, err, allot.CodeInvalid)
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{line}})
+	wantCode(t, err, allot.CodeInvalid)
+	if n, err := e.eng.Sweep(e.ctx, 10); err != nil || n != 1 {
+		t.Fatalf("sweeping the hold of a past stay: %d, %v", n, err)
+	}
+	if _, err := e.eng.CancelOrder(e.ctx, o.ID, "test"); err != nil {
+		t.Fatalf("cancelling the order of a past stay: %v", err)
+	}
+	if got, err := e.store.GetHold(e.ctx, h.ID); err != nil || got.Status != allot.HoldExpired {
+		t.Fatalf("hold %+v, %v", got, err)
+	}
+	e.wantBucket("deluxe", today.String(), 0, 0, 5)
 }
 
 func (s suite) testRefusals(t *testing.T) {
@@ -295,14 +325,14 @@ func (s suite) testRefusals(t *testing.T) {
 		{"fits", []allot.Line{units("widget", 1)}, "", 0},
 		{"held by others covers it", []allot.Line{units("widget", 2)}, allot.CodeCapacityReservedByHold, 0},
 		{"beyond capacity minus booked", []allot.Line{units("widget", 5)}, allot.CodeInsufficientCapacity, 0},
-		{"second line fails, all or nothing", []allot.Line{stay("r1", "2027-05-01", "2027-05-02", 1), units("widget", 5)}, allot.CodeInsufficientCapacity, 1},
+		{"second line fails, all or nothing", []allot.Line{stay("r1", "2037-05-01", "2037-05-02", 1), units("widget", 5)}, allot.CodeInsufficientCapacity, 1},
 		{"unknown resource", []allot.Line{units("nope", 1)}, allot.CodeInvalid, 0},
 		{"zero quantity", []allot.Line{units("widget", 0)}, allot.CodeInvalid, 0},
 		{"negative quantity", []allot.Line{units("widget", -2)}, allot.CodeInvalid, 0},
-		{"check-out before check-in", []allot.Line{stay("r1", "2027-05-02", "2027-05-01", 1)}, allot.CodeInvalid, 0},
-		{"check-out equals check-in", []allot.Line{stay("r1", "2027-05-02", "2027-05-02", 1)}, allot.CodeInvalid, 0},
+		{"check-out before check-in", []allot.Line{stay("r1", "2037-05-02", "2037-05-01", 1)}, allot.CodeInvalid, 0},
+		{"check-out equals check-in", []allot.Line{stay("r1", "2037-05-02", "2037-05-02", 1)}, allot.CodeInvalid, 0},
 		{"nightly without dates", []allot.Line{units("r1", 1)}, allot.CodeInvalid, 0},
-		{"stock with dates", []allot.Line{stay("widget", "2027-05-01", "2027-05-02", 1)}, allot.CodeInvalid, 0},
+		{"stock with dates", []allot.Line{stay("widget", "2037-05-01", "2037-05-02", 1)}, allot.CodeInvalid, 0},
 		{"no lines", nil, allot.CodeInvalid, 0},
 	}
 	for _, c := range cases {
@@ -324,7 +354,7 @@ func (s suite) testRefusals(t *testing.T) {
 			if after := e.bucket("widget", allot.StockKey); after != before {
 				t.Fatalf("a refused request changed the bucket: %+v -> %+v", before, after)
 			}
-			e.wantBucket("r1", "2027-05-01", 0, 0, 1)
+			e.wantBucket("r1", "2037-05-01", 0, 0, 1)
 		})
 	}
 	CheckInvariants(t, e.ctx, e.store, "widget", "r1")
@@ -334,18 +364,18 @@ func (s suite) testCapacity(t *testing.T) {
 	e := s.env(t)
 	e.room("hall", 3)
 	e.stock("book", 1)
-	_, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{stay("hall", "2027-06-02", "2027-06-03", 2)}})
+	_, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{stay("hall", "2037-06-02", "2037-06-03", 2)}})
 	e.must(err)
-	from, to := allot.MustDate("2027-06-01"), allot.MustDate("2027-06-04")
+	from, to := allot.MustDate("2037-06-01"), allot.MustDate("2037-06-04")
 	_, err = e.eng.SetCapacity(e.ctx, "hall", engine.CapacityInput{From: &from, To: &to, Capacity: ptr(1)})
 	wantCode(t, err, allot.CodeCapacityBelowUsage)
-	e.wantBucket("hall", "2027-06-01", 0, 0, 3) // all or nothing
+	e.wantBucket("hall", "2037-06-01", 0, 0, 3) // all or nothing
 	bs, err := e.eng.SetCapacity(e.ctx, "hall", engine.CapacityInput{From: &from, To: &to, Capacity: ptr(2)})
 	e.must(err)
-	if len(bs) != 3 || bs[1].Key != "2027-06-02" || bs[1].Available != 0 || bs[0].Available != 2 {
+	if len(bs) != 3 || bs[1].Key != "2037-06-02" || bs[1].Available != 0 || bs[0].Available != 2 {
 		t.Fatalf("set capacity returned %+v", bs)
 	}
-	e.wantBucket("hall", "2027-06-05", 0, 0, 3) // outside the range: default
+	e.wantBucket("hall", "2037-06-05", 0, 0, 3) // outside the range: default
 	// Restock (seed 001) is raising capacity.
 	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{units("book", 2)}})
 	wantCode(t, err, allot.CodeInsufficientCapacity)
@@ -416,16 +446,16 @@ func (s suite) testExpiry(t *testing.T) {
 	// A hold spanning two resources expired by a refusal on one is released
 	// on the other by the sweeper.
 	e.room("r", 1)
-	h3, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("seat", 2), stay("r", "2027-01-01", "2027-01-03", 1)}, TTL: time.Minute})
+	h3, err := e.eng.CreateHold(e.ctx, engine.HoldInput{Lines: []allot.Line{units("seat", 2), stay("r", "2037-01-01", "2037-01-03", 1)}, TTL: time.Minute})
 	e.must(err)
 	e.clock.Advance(2 * time.Minute)
 	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{units("seat", 2)}})
 	e.must(err)
-	e.wantBucket("r", "2027-01-01", 1, 0, 0)
+	e.wantBucket("r", "2037-01-01", 1, 0, 0)
 	CheckInvariants(t, e.ctx, e.store, "seat", "r")
 	_, err = e.eng.Sweep(e.ctx, 100)
 	e.must(err)
-	e.wantBucket("r", "2027-01-01", 0, 0, 1)
+	e.wantBucket("r", "2037-01-01", 0, 0, 1)
 	got, err = e.eng.GetHold(e.ctx, h3.ID)
 	e.must(err)
 	if got.Status != allot.HoldExpired {
@@ -726,9 +756,9 @@ func (s suite) testRaceOverlappingStays(t *testing.T) {
 	e := s.env(t)
 	e.room("room-7", 1)
 	stays := [][2]string{
-		{"2027-08-01", "2027-08-04"}, {"2027-08-03", "2027-08-06"}, {"2027-08-02", "2027-08-03"},
-		{"2027-08-05", "2027-08-07"}, {"2027-08-06", "2027-08-09"}, {"2027-07-30", "2027-08-02"},
-		{"2027-08-08", "2027-08-10"}, {"2027-08-01", "2027-08-10"},
+		{"2037-08-01", "2037-08-04"}, {"2037-08-03", "2037-08-06"}, {"2037-08-02", "2037-08-03"},
+		{"2037-08-05", "2037-08-07"}, {"2037-08-06", "2037-08-09"}, {"2037-07-30", "2037-08-02"},
+		{"2037-08-08", "2037-08-10"}, {"2037-08-01", "2037-08-10"},
 	}
 	type won struct{ in, out allot.Date }
 	var mu sync.Mutex
@@ -783,7 +813,7 @@ func (s suite) testRaceMixed(t *testing.T) {
 			}
 			for range 25 {
 				day := 1 + rnd(5)
-				lines := []allot.Line{stay("hotel", fmt.Sprintf("2027-09-%02d", day), fmt.Sprintf("2027-09-%02d", day+1+rnd(3)), 1+rnd(2))}
+				lines := []allot.Line{stay("hotel", fmt.Sprintf("2037-09-%02d", day), fmt.Sprintf("2037-09-%02d", day+1+rnd(3)), 1+rnd(2))}
 				if rnd(2) == 0 {
 					lines = append(lines, units("shop", 1+rnd(3)))
 				}
