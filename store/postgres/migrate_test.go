@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,5 +85,19 @@ func TestMigrationKeepsChangeNumbers(t *testing.T) {
 	}
 	if len(all) != 5 || all[0].ChangeNo != 7 || all[1].ChangeNo != 8 || all[2].ChangeNo != 0 || all[4].ChangeNo != 0 {
 		t.Fatalf("events by seq after the migration: %+v", all)
+	}
+}
+
+// A search_path that names no existing schema is reported as such, with
+// what to do, not as PostgreSQL's bare "no schema has been selected".
+func TestOpenWithoutSchemaSaysSo(t *testing.T) {
+	url := pgtest.URL(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	_, err := Open(context.Background(), url+sep+"search_path=allot_no_such_schema", Options{})
+	if err == nil || !strings.Contains(err.Error(), "CREATE SCHEMA") {
+		t.Fatalf("open: %v, want the missing schema named with what to do", err)
 	}
 }

@@ -82,6 +82,10 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	s := &Store{q: q{db: pool}, pool: pool, customPlans: !planModeSet}
 	if err := s.migrate(ctx, o.Schema, o.migrateUpTo); err != nil {
 		pool.Close()
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "3F000" { // invalid_schema_name
+			return nil, fmt.Errorf("postgres: no schema to create Allot's tables in: the connection's search_path names none that exists (create it with CREATE SCHEMA, or drop search_path from the URL): %w", err)
+		}
 		return nil, err
 	}
 	return s, nil
