@@ -40,17 +40,17 @@ type KafkaConsumer struct {
 
 // NewKafkaConsumer joins group on topic.
 func NewKafkaConsumer(brokers []string, group, topic string, log *slog.Logger, opts ...kgo.Opt) (*KafkaConsumer, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AutoCommitMarks(), kgo.BlockRebalanceOnPoll(), kgo.AllowAutoTopicCreation(),
-		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.WithLogger(KafkaLogger(log)),
 	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer: %w", err)
-	}
-	if log == nil {
-		log = slog.Default()
 	}
 	return &KafkaConsumer{cl: cl, log: log.With("group", group, "topic", topic), attempts: 5, backoff: 100 * time.Millisecond}, nil
 }

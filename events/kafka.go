@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -74,6 +75,23 @@ func NewKafka(brokers []string, opts ...kgo.Opt) (*Kafka, error) {
 }
 
 func (k *Kafka) Name() string { return k.name }
+
+// KafkaLogger passes franz-go's warnings and errors (a broker it cannot
+// reach, say) to log, so that a Kafka that is down is said at once, not
+// only when a batch times out.
+func KafkaLogger(log *slog.Logger) kgo.Logger { return kafkaLogger{log.With("component", "kafka")} }
+
+type kafkaLogger struct{ log *slog.Logger }
+
+func (l kafkaLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+
+func (l kafkaLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lv := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		lv = slog.LevelError
+	}
+	l.log.Log(context.Background(), lv, msg, keyvals...)
+}
 
 // Publish produces evs in order and waits for every acknowledgement.
 func (k *Kafka) Publish(ctx context.Context, evs []allot.Event) error {

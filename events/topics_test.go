@@ -1,8 +1,12 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,7 +55,9 @@ func TestKafkaPublishWithoutBrokerFails(t *testing.T) {
 	if got := k.cl.OptValue(kgo.RecordDeliveryTimeout); got != PublishTimeout {
 		t.Fatalf("record delivery timeout %v, want %v", got, PublishTimeout)
 	}
-	short, err := NewKafka([]string{"127.0.0.1:1"}, kgo.RecordDeliveryTimeout(time.Second))
+	var logged syncBuffer
+	short, err := NewKafka([]string{"127.0.0.1:1"}, kgo.RecordDeliveryTimeout(time.Second),
+		kgo.WithLogger(KafkaLogger(slog.New(slog.NewTextHandler(&logged, nil)))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,4 +68,20 @@ func TestKafkaPublishWithoutBrokerFails(t *testing.T) {
 	if err == nil || ctx.Err() != nil {
 		t.Fatalf("publish with no broker: %v (context: %v), want a delivery failure before the context ends", err, ctx.Err())
 	}
+	if out := logged.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "127.0.0.1:1") {
+		t.Fatalf("the unreachable broker was not logged as a warning: %q", out)
+	}
 }
+
+// syncBuffer is a bytes.Buffer that franz-go's goroutines may log to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

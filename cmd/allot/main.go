@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
 	"github.com/allot/allot/events"
@@ -168,7 +170,7 @@ func run(args []string, stderr io.Writer) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	sinks, err := openSinks(ctx, *natsURL, *natsStream, *natsSubject, *kafkaBrokers)
+	sinks, err := openSinks(ctx, log, *natsURL, *natsStream, *natsSubject, *kafkaBrokers)
 	if err != nil {
 		log.Error("connecting the event publishers", "err", err)
 		return 1
@@ -282,7 +284,7 @@ func redact(url string) string {
 // serve runs the API until ctx ends, then drains in-flight requests: each
 // one either commits and is answered, or did not happen.
 // openSinks connects the configured event publishers.
-func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers string) ([]events.Sink, error) {
+func openSinks(ctx context.Context, log *slog.Logger, natsURL, stream, subject, kafkaBrokers string) ([]events.Sink, error) {
 	var sinks []events.Sink
 	if natsURL != "" {
 		n, err := events.NewNATS(ctx, events.NATSConfig{URL: natsURL, Stream: stream, Subject: subject})
@@ -292,7 +294,7 @@ func openSinks(ctx context.Context, natsURL, stream, subject, kafkaBrokers strin
 		sinks = append(sinks, n)
 	}
 	if kafkaBrokers != "" {
-		k, err := events.NewKafka(strings.Split(kafkaBrokers, ","))
+		k, err := events.NewKafka(strings.Split(kafkaBrokers, ","), kgo.WithLogger(events.KafkaLogger(log)))
 		if err != nil {
 			for _, s := range sinks {
 				s.Close()
