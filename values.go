@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/text/currency"
 )
 
 // DateLayout is the wire form of a date (seed 000 wanted exactly this).
@@ -97,11 +95,8 @@ type Money struct {
 const MaxMoneyScale = 6
 
 // ParseMoney parses a non-negative decimal string like "120.00" and an ISO
-// 4217-shaped currency code. An amount in a currency ISO 4217 lists may not
-// be finer than its minor unit ("12.505" EUR, "10.5" JPY): no payment could
-// charge it. Zeros past the minor unit are dropped ("12.500" EUR is 12.50).
-// Codes ISO 4217 does not list (BTC, loyalty points) take up to
-// MaxMoneyScale decimals.
+// 4217-shaped currency code. It checks the form only, so that amounts
+// stored by any version read back; what a new price may be is Exact's.
 func ParseMoney(amount, code string) (Money, error) {
 	if len(code) != 3 || strings.ToUpper(code) != code || strings.ContainsFunc(code, func(r rune) bool { return r < 'A' || r > 'Z' }) {
 		return Money{}, fmt.Errorf("currency %q is not a three-letter upper-case ISO 4217 code", code)
@@ -110,25 +105,65 @@ func ParseMoney(amount, code string) (Money, error) {
 	if whole == "" || len(whole) > 12 || (hasDot && (frac == "" || len(frac) > MaxMoneyScale)) || !digits(whole) || !digits(frac) {
 		return Money{}, fmt.Errorf("amount %q is not a non-negative decimal with at most 12 integer digits and %d decimals, such as \"120.00\"", amount, MaxMoneyScale)
 	}
-	if u, err := currency.ParseISO(code); err == nil {
-		if scale, _ := currency.Standard.Rounding(u); len(frac) > scale {
-			if strings.Trim(frac[scale:], "0") != "" {
-				return Money{}, fmt.Errorf("amount %q has more decimals than %s has (%d): %s amounts are in whole %s", amount, code, scale, code, minorUnit(scale))
-			}
-			frac = frac[:scale]
-		}
-	}
 	v, _ := strconv.ParseInt(whole+frac, 10, 64)
 	return Money{Minor: v, Scale: len(frac), Currency: code}, nil
 }
 
-// minorUnit names the smallest amount at a scale, for error messages.
-func minorUnit(scale int) string {
-	if scale == 0 {
-		return "units"
+// Exact returns m no finer than its currency's ISO 4217 minor unit, zeros
+// past it dropped ("12.500" EUR is 12.50), or an error if a digit past it
+// is not zero ("12.505" EUR, "10.5" JPY): no payment could charge it. A
+// code without a minor unit in ISO 4217 (BTC, loyalty points, XAU) keeps
+// up to MaxMoneyScale decimals.
+func (m Money) Exact() (Money, error) {
+	unit, ok := MinorUnit(m.Currency)
+	if !ok || m.Scale <= unit {
+		return m, nil
 	}
-	return "multiples of 0." + strings.Repeat("0", scale-1) + "1"
+	div := int64(math.Pow10(m.Scale - unit))
+	if m.Minor%div != 0 {
+		return Money{}, fmt.Errorf("%s %s is finer than %s's minor unit: %s amounts have at most %d decimals", m.Amount(), m.Currency, m.Currency, m.Currency, unit)
+	}
+	return Money{Minor: m.Minor / div, Scale: unit, Currency: m.Currency}, nil
 }
+
+// MinorUnit is the number of decimals ISO 4217 gives a currency, and
+// whether it gives one. (CLDR's table, as in golang.org/x/text, differs:
+// it gives IDR, COP or IQD fewer decimals than ISO, and refused amounts
+// that ISO allows.)
+func MinorUnit(code string) (int, bool) {
+	if n, ok := minorUnits[code]; ok {
+		return n, true
+	}
+	if twoDecimal[code] {
+		return 2, true
+	}
+	return 0, false
+}
+
+// minorUnits: the ISO 4217 currencies whose minor unit is not 2 decimals.
+var minorUnits = map[string]int{
+	"BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
+	"RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+	"BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+	"CLF": 4, "UYW": 4,
+}
+
+// twoDecimal holds the ISO 4217 currencies with a minor unit of 2
+// decimals (current codes and those recently replaced).
+var twoDecimal = func() map[string]bool {
+	m := map[string]bool{}
+	for _, c := range strings.Fields(twoDecimals) {
+		m[c] = true
+	}
+	return m
+}()
+
+const twoDecimals = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN " +
+	"BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP " +
+	"GMD GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA " +
+	"MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD " +
+	"RUB SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD " +
+	"USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL"
 
 func digits(s string) bool {
 	for _, r := range s {

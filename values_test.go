@@ -29,16 +29,7 @@ func TestParseMoney(t *testing.T) {
 		{"1.00", "eur", false, 0, 0, ""},
 		{"1.00", "EURO", false, 0, 0, ""},
 		{"", "EUR", false, 0, 0, ""},
-		// ISO 4217 currencies: no finer than the minor unit.
-		{"12.505", "EUR", false, 0, 0, ""},
-		{"12.500", "EUR", true, 1250, 2, "12.50"},
-		{"10.5", "JPY", false, 0, 0, ""},
-		{"10.0", "JPY", true, 10, 0, "10"},
-		{"1.234", "BHD", true, 1234, 3, "1.234"},
-		{"1.2345", "BHD", false, 0, 0, ""},
-		{"0.0001", "CLF", true, 1, 4, "0.0001"},
-		// Codes ISO 4217 does not list keep up to MaxMoneyScale decimals.
-		{"0.123456", "PTS", true, 123456, 6, "0.123456"},
+		{"12.505", "EUR", true, 12505, 3, "12.505"}, // read back as stored; Exact judges new prices
 	}
 	for _, c := range cases {
 		m, err := ParseMoney(c.amount, c.currency)
@@ -52,10 +43,43 @@ func TestParseMoney(t *testing.T) {
 	}
 }
 
+func TestExact(t *testing.T) {
+	cases := []struct {
+		amount, currency string
+		ok               bool
+		out              string
+	}{
+		{"12.50", "EUR", true, "12.50"},
+		{"12.500", "EUR", true, "12.50"},
+		{"12.505", "EUR", false, ""},
+		{"10", "JPY", true, "10"},
+		{"10.0", "JPY", true, "10"},
+		{"10.5", "JPY", false, ""},
+		{"1.234", "BHD", true, "1.234"},
+		{"1.2345", "BHD", false, ""},
+		{"0.001", "IQD", true, "0.001"}, // ISO gives 3 decimals where CLDR gives 0
+		{"1.50", "IDR", true, "1.50"},
+		{"0.0001", "CLF", true, "0.0001"},
+		{"0.125", "XAU", true, "0.125"},       // no minor unit in ISO 4217
+		{"0.123456", "PTS", true, "0.123456"}, // not in ISO 4217
+		{"0.000", "EUR", true, "0.00"},
+		{"7", "EUR", true, "7"},
+	}
+	for _, c := range cases {
+		m, err := ParseMoney(c.amount, c.currency)
+		if err != nil {
+			t.Fatalf("ParseMoney(%q, %q): %v", c.amount, c.currency, err)
+		}
+		x, err := m.Exact()
+		if (err == nil) != c.ok || (c.ok && x.Amount() != c.out) {
+			t.Errorf("%s %s exact: %s, %v; want ok=%v %s", c.amount, c.currency, x.Amount(), err, c.ok, c.out)
+		}
+	}
+}
+
 func TestMoneyArithmetic(t *testing.T) {
 	a, _ := ParseMoney("99.50", "EUR")
-	b, _ := ParseMoney("0.125", "BHD")
-	b.Currency = "EUR" // a scale finer than the other's, as stored by an older version
+	b, _ := ParseMoney("0.125", "EUR")
 	three, err := a.Times(3)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +88,7 @@ func TestMoneyArithmetic(t *testing.T) {
 	if err != nil || sum.Amount() != "298.625" {
 		t.Fatalf("3*99.50+0.125 = %s, %v", sum.Amount(), err)
 	}
-	big, _ := ParseMoney("999999999999.999999", "PTS")
+	big, _ := ParseMoney("999999999999.999999", "EUR")
 	if _, err := big.Times(20); !errors.Is(err, ErrMoneyOverflow) {
 		t.Fatalf("20 x %s: %v, want overflow", big.Amount(), err)
 	}

@@ -65,6 +65,8 @@ type Engine struct {
 	// sequenceWarned is when a batch last logged that it could not number
 	// its events (unix ns): once in 10 s is enough.
 	sequenceWarned atomic.Int64
+	// sweepWarned is when Sweep last logged holds it could not release.
+	sweepWarned atomic.Int64
 	// inlineOffUntil: after a batch failed to number its events, batches
 	// leave numbering to the background sequencer until then (unix ns).
 	inlineOffUntil atomic.Int64

@@ -263,6 +263,13 @@ func (e *Engine) orderReplacing(ctx context.Context, in OrderInput) (allot.Order
 			}
 			prev.Status, prev.OrderID = allot.HoldConverted, o.ID
 		}
+		if exists && prev.Status != allot.HoldActive && prev.Status != allot.HoldConverted {
+			// The lease was released or expired: the id is marked booked
+			// all the same, as below.
+			if err := w.SetHoldStatus(ctx, prev.ID, allot.HoldConverted, o.ID); err != nil {
+				return nil, err
+			}
+		}
 		if !exists {
 			// No lease came first: the id is marked booked, so that a lease
 			// asked for under it later (a C2 racing this B) is refused

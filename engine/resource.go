@@ -71,6 +71,13 @@ func (e *Engine) slot(resourceCap int, field string, in SlotInput) (allot.Slot, 
 // CreateResource stores a new resource with its buckets.
 func (e *Engine) CreateResource(ctx context.Context, in ResourceInput) (allot.Resource, error) {
 	r := allot.Resource{ID: in.ID, Name: in.Name, Kind: in.Kind, Price: in.Price, Threshold: in.Threshold, CreatedAt: e.now()}
+	if in.Price != nil {
+		p, err := in.Price.Exact()
+		if err != nil {
+			return r, allot.Invalid("price", "%v", err)
+		}
+		r.Price = &p
+	}
 	if in.Threshold != nil && (*in.Threshold < 0 || *in.Threshold > MaxCapacity) {
 		return r, allot.Invalid("threshold", "threshold must be between 0 and %d", MaxCapacity)
 	}

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -38,13 +37,19 @@ func (e *Engine) Sweep(ctx context.Context, limit int) (int, error) {
 		}
 		n++
 	}
+	if failed > 0 {
+		// Logged here, at most once a minute, not returned: the sweep did
+		// its work, and a failed sweep job would be kept (and this said)
+		// every second for as long as the hold stays stuck.
+		now := time.Now().UnixNano()
+		if last := e.sweepWarned.Load(); now-last > int64(time.Minute) && e.sweepWarned.CompareAndSwap(last, now) {
+			e.log.ErrorContext(ctx, "expired holds could not be released; the sweeper goes on past them", "failed", failed, "first", first)
+		}
+	}
 	if _, err := e.store.DeleteIdempotencyKeysBefore(ctx, e.now().Add(-IdempotencyRetention)); err != nil {
-		return n, errors.Join(first, err)
+		return n, err
 	}
-	if failed > 1 {
-		first = fmt.Errorf("%w (and %d more holds)", first, failed-1)
-	}
-	return n, first
+	return n, nil
 }
 
 // RunSweeper sweeps every interval until ctx ends, logging failures.

@@ -184,8 +184,13 @@ func (h *Handler) datasetSite(w nethttp.ResponseWriter, r *nethttp.Request) {
 			"endpointDescription": "https://www.openactive.io/open-booking-api/EditorsDraft/swagger.json",
 			"endpointUrl":         h.ids.booking(), "conformsTo": []string{"https://openactive.io/open-booking-api/EditorsDraft/"},
 			"landingPage": h.base + "/openactive/booking-partner-signup"}}
-	// JSON inside <script> must not close it.
-	js := strings.ReplaceAll(string(mustJSON(ds)), "</", `<\/`)
+	// JSON inside <script> must neither close it nor open a comment:
+	// json.Marshal escapes <, > and & (mustJSON does not, for the feeds).
+	b, err := json.Marshal(ds)
+	if err != nil {
+		panic(fmt.Sprintf("openactive: the dataset does not marshal: %v", err))
+	}
+	js := string(b)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	fmt.Fprintf(w, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>%s</title>\n<script type=\"application/ld+json\">\n%s\n</script></head>\n<body><h1>%s</h1><p>Open data and the Open Booking API for %s.</p></body></html>\n",
 		html.EscapeString(h.site.Name+" Sessions"), js, html.EscapeString(h.site.Name+" Sessions"), html.EscapeString(h.site.Name))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/allot/allot/store/postgres"
 	"github.com/allot/allot/store/postgres/pgtest"
@@ -44,5 +45,21 @@ func TestNodesStartingTogetherMigrateOnce(t *testing.T) {
 				t.Errorf("round %d, node %d: %v", round, i, err)
 			}
 		}
+	}
+}
+
+// A pool of one connection is enough to start: the migration lock is not
+// held on a connection River's migration needs.
+func TestMigrateWithOneConnection(t *testing.T) {
+	url := pgtest.URL(t)
+	s, err := postgres.Open(context.Background(), url, postgres.Options{Schema: pgtest.Schema(t, url), MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := workflow.New(ctx, s, workflow.Config{}); err != nil {
+		t.Fatal(err)
 	}
 }

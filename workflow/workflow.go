@@ -227,25 +227,23 @@ func migrate[TTx any](ctx context.Context, d riverdriver.Driver[TTx]) error {
 // for the schema. River's Migrate applies each version in a transaction of
 // its own and takes no lock: nodes starting together on a fresh database
 // each created its tables, and all but one failed. Not one transaction
-// (MigrateTx): some of River's versions cannot share one.
+// (MigrateTx): some of River's versions cannot share one. The lock is held
+// on a connection of its own, outside the pool, which River's migration
+// may need whole (a pool of one connection waited for itself); closing that
+// connection is what releases the lock, whatever happened meanwhile.
 func migratePostgres(ctx context.Context, pool *pgxpool.Pool, d riverdriver.Driver[pgx.Tx]) error {
-	conn, err := pool.Acquire(ctx)
+	conn, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return fmt.Errorf("workflow: locking River's migrations: %w", err)
 	}
-	const key = `hashtext('allot-river-migrate:' || current_schema())`
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(`+key+`)`); err != nil {
-		conn.Release()
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('allot-river-migrate:' || current_schema()))`); err != nil {
 		return fmt.Errorf("workflow: locking River's migrations: %w", err)
 	}
-	defer func() {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+key+`)`); err != nil {
-			// Closing the session is what releases its lock then.
-			_ = conn.Hijack().Close(context.WithoutCancel(ctx))
-			return
-		}
-		conn.Release()
-	}()
 	return migrate(ctx, d)
 }
 

@@ -2,7 +2,6 @@ package storetest
 
 import (
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -278,6 +277,15 @@ func (s suite) testLeaseRacingBooking(t *testing.T) {
 	e.wantBucket("right", "s1", 0, ids, 100-ids)
 	_, err := e.eng.Lease(e.ctx, engine.LeaseInput{ID: "uuid-0", Lines: spaces("left", 1), TTL: time.Minute})
 	wantCode(t, err, allot.CodeHoldConverted)
+	// A lease released before the booking: its id is booked all the same.
+	_, err = e.eng.Lease(e.ctx, engine.LeaseInput{ID: "gone", Lines: spaces("left", 1), TTL: time.Minute})
+	e.must(err)
+	_, err = e.eng.ReleaseHold(e.ctx, "gone")
+	e.must(err)
+	_, err = e.eng.CreateOrder(e.ctx, engine.OrderInput{ID: "order-gone", Prepaid: true, Lines: spaces("right", 1), ReplacesHold: "gone"})
+	e.must(err)
+	_, err = e.eng.Lease(e.ctx, engine.LeaseInput{ID: "gone", Lines: spaces("left", 1), TTL: time.Minute})
+	wantCode(t, err, allot.CodeHoldConverted)
 }
 
 // testLeaseNightRefused: a lease is for sessions and stock; a stay is
@@ -311,8 +319,8 @@ func (s suite) testSweepPastStuckHold(t *testing.T) {
 	e.must(err)
 	e.clock.Advance(2 * time.Minute)
 	n, err := e.eng.Sweep(e.ctx, 100)
-	if err == nil || !strings.Contains(err.Error(), "stuck") {
-		t.Errorf("sweep: %v, want the stuck hold's failure reported", err)
+	if err != nil {
+		t.Errorf("sweep: %v; the stuck hold is logged, the sweep itself did its work", err)
 	}
 	h, gerr := e.store.GetHold(e.ctx, later.Hold.ID)
 	e.must(gerr)

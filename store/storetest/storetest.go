@@ -80,6 +80,7 @@ func (s suite) run(t *testing.T) {
 	t.Run("HoldBookCancel", s.testHoldBookCancel)
 	t.Run("Refusals", s.testRefusals)
 	t.Run("PastStays", s.testPastStays)
+	t.Run("FinePriceStored", s.testFinePriceStored)
 	t.Run("Capacity", s.testCapacity)
 	t.Run("Expiry", s.testExpiry)
 	t.Run("OrderFromHold", s.testOrderFromHold)
@@ -305,6 +306,31 @@ func (s suite) testPastStays(t *testing.T) {
 		t.Fatalf("hold %+v, %v", got, err)
 	}
 	e.wantBucket("deluxe", today.String(), 0, 0, 5)
+}
+
+// testFinePriceStored: a price finer than its currency's minor unit, as
+// an older version accepted and stored, is refused for a new resource but
+// still reads back, and its orders are booked, read and cancelled.
+func (s suite) testFinePriceStored(t *testing.T) {
+	e := s.env(t)
+	fine := allot.Money{Minor: 12505, Scale: 3, Currency: "EUR"}
+	capacity := 5
+	_, err := e.eng.CreateResource(e.ctx, engine.ResourceInput{ID: "new", Name: "new", Kind: allot.KindStock, Capacity: &capacity, Price: &fine})
+	wantCode(t, err, allot.CodeInvalid)
+	e.must(e.store.Write(e.ctx, func(tx allot.Tx) error {
+		return tx.InsertResource(e.ctx, allot.Resource{ID: "old", Name: "old", Kind: allot.KindStock, Capacity: capacity, Price: &fine, CreatedAt: e.clock.Now()})
+	}))
+	o, err := e.eng.CreateOrder(e.ctx, engine.OrderInput{Lines: []allot.Line{units("old", 2)}})
+	e.must(err)
+	got, err := e.store.GetOrder(e.ctx, o.ID)
+	e.must(err)
+	if got.Total == nil || got.Total.Amount() != "25.010" {
+		t.Fatalf("order total %v, want 25.010 EUR", got.Total)
+	}
+	if _, err := e.eng.CancelOrder(e.ctx, o.ID, "test"); err != nil {
+		t.Fatalf("cancelling: %v", err)
+	}
+	e.wantBucket("old", allot.StockKey, 0, 0, 5)
 }
 
 func (s suite) testRefusals(t *testing.T) {
