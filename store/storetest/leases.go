@@ -215,14 +215,20 @@ func (s suite) testLeaseRace(t *testing.T) {
 	}
 }
 
+// twoSessions is an env with sessions "left" and "right", 100 spaces each.
+func (s suite) twoSessions(t *testing.T) *env {
+	e := s.env(t)
+	e.session("left", 100)
+	e.session("right", 100)
+	return e
+}
+
 // testFirstLeaseRace: two first leases under one new id, on different
 // sessions, at once (OpenActive's C1 and C2 for one UUID). One replaces the
 // other; neither may leave claims that its hold's lines do not list, which
 // nothing could release.
 func (s suite) testFirstLeaseRace(t *testing.T) {
-	e := s.env(t)
-	e.session("left", 100)
-	e.session("right", 100)
+	e := s.twoSessions(t)
 	const ids = 30
 	var wg sync.WaitGroup
 	for i := range ids {
@@ -252,9 +258,7 @@ func (s suite) testFirstLeaseRace(t *testing.T) {
 // for one UUID), on different sessions, at once. Whichever comes first, no
 // lease is left holding capacity beside the order.
 func (s suite) testLeaseRacingBooking(t *testing.T) {
-	e := s.env(t)
-	e.session("left", 100)
-	e.session("right", 100)
+	e := s.twoSessions(t)
 	const ids = 30
 	var wg sync.WaitGroup
 	for i := range ids {
