@@ -127,9 +127,9 @@ func (m Money) Exact() (Money, error) {
 }
 
 // MinorUnit is the number of decimals ISO 4217 gives a currency, and
-// whether it gives one. (CLDR's table, as in golang.org/x/text, differs:
-// it gives IDR, COP or IQD fewer decimals than ISO, and refused amounts
-// that ISO allows.)
+// whether it gives one. Not CLDR's table (golang.org/x/text's): it gives
+// IDR, COP or IQD fewer decimals than ISO, so it would refuse amounts that
+// ISO allows.
 func MinorUnit(code string) (int, bool) {
 	if n, ok := minorUnits[code]; ok {
 		return n, true
