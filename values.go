@@ -121,7 +121,11 @@ func (m Money) Exact() (Money, error) {
 	}
 	div := int64(math.Pow10(m.Scale - unit))
 	if m.Minor%div != 0 {
-		return Money{}, fmt.Errorf("%s %s is finer than %s's minor unit: %s amounts have at most %d decimals", m.Amount(), m.Currency, m.Currency, m.Currency, unit)
+		most := fmt.Sprintf("have at most %d decimals", unit)
+		if unit == 0 {
+			most = "are whole numbers"
+		}
+		return Money{}, fmt.Errorf("%s %s is finer than %s's minor unit: %s amounts %s", m.Amount(), m.Currency, m.Currency, m.Currency, most)
 	}
 	return Money{Minor: m.Minor / div, Scale: unit, Currency: m.Currency}, nil
 }
