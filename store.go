@@ -2,6 +2,7 @@ package allot
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -208,6 +209,19 @@ type Tx interface {
 	// the claim (key, token). It returns ErrIdempotencyLost if that claim
 	// is no longer this request's.
 	CompleteIdempotencyKey(ctx context.Context, key, token string, status int, body []byte) error
+}
+
+// Idempotency keys Allot derives itself, from a payment provider's event id
+// or an OpenActive Order's UUID. A client may not send a key with these
+// prefixes: claimed first, it would block the request it names.
+const (
+	KeyPaymentCallback = "payment-callback:"
+	KeyOpenActiveOrder = "openactive-order:"
+)
+
+// ReservedIdempotencyKey reports whether key is one Allot derives itself.
+func ReservedIdempotencyKey(key string) bool {
+	return strings.HasPrefix(key, KeyPaymentCallback) || strings.HasPrefix(key, KeyOpenActiveOrder)
 }
 
 // IdempotencyClaim is an in-flight request under an Idempotency-Key.

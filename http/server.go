@@ -237,6 +237,14 @@ func (s *Server) handle(status int, h handler) nethttp.Handler {
 			return
 		}
 		key := r.Header.Get("Idempotency-Key")
+		if k, ok := r.Context().Value(derivedKey{}).(string); ok {
+			key = k
+		} else if allot.ReservedIdempotencyKey(key) {
+			st, body := rend(nil, &allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1,
+				Detail: fmt.Sprintf("Idempotency-Keys starting %q or %q are Allot's own; choose another", allot.KeyPaymentCallback, allot.KeyOpenActiveOrder)})
+			writeBody(w, st, body)
+			return
+		}
 		if r.Method != nethttp.MethodPost || key == "" {
 			v, err := h(r)
 			s.logInternal(r, err)
@@ -276,6 +284,11 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 	sum := sha256.New()
 	fmt.Fprintf(sum, "%s %s\n", r.Method, r.URL.RequestURI())
 	sum.Write(body)
+	if a := r.Header.Get("Authorization"); a != "" {
+		// The credentials are part of the request: a stored answer is not
+		// replayed to a request without them (or with others).
+		fmt.Fprintf(sum, "\nauthorization %s", a)
+	}
 	var tok [16]byte
 	_, _ = rand.Read(tok[:])
 	claim := allot.IdempotencyClaim{Key: key, Hash: hex.EncodeToString(sum.Sum(nil)), Token: hex.EncodeToString(tok[:]), At: s.eng.Now()}
@@ -307,7 +320,9 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 		// (bad input, not found) and the answer is final, or the request
 		// failed inside and left no effect, so a retry may run it again.
 		ctx := context.WithoutCancel(r.Context())
-		if st >= 500 {
+		// A 401 is about the credentials, not the request: the same key
+		// with the right ones must run.
+		if st >= 500 || st == nethttp.StatusUnauthorized {
 			if rerr := store.ReleaseIdempotencyKey(ctx, key, claim.Token); rerr != nil {
 				s.log.ErrorContext(ctx, "releasing idempotency key", "key", key, "err", rerr)
 			}

@@ -262,6 +262,14 @@ func testErrors(t *testing.T, a *api) {
 			t.Fatalf("status %d: %s", r.status, r.body)
 		}
 	})
+	t.Run("Idempotency-Key of Allot's own", func(t *testing.T) {
+		for _, k := range []string{"payment-callback:acme:evt_1", "openactive-order:oa.p1.x"} {
+			r := a.do("POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`, "Idempotency-Key", k)
+			if r.status != 400 || !strings.Contains(string(r.body), "Idempotency-Key") {
+				t.Fatalf("key %q: status %d: %s", k, r.status, r.body)
+			}
+		}
+	})
 	t.Run("unsupported media type", func(t *testing.T) {
 		r := a.do("POST", "/v1/holds", `lines=1`, "Content-Type", "application/x-www-form-urlencoded")
 		if r.status != 415 {

@@ -3,7 +3,9 @@ package http
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -134,15 +136,33 @@ func (s *Server) callbackOnce(next nethttp.Handler) nethttp.Handler {
 		provider := r.PathValue("provider")
 		secret, ok := s.wf.CallbackSecrets[provider]
 		body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
+		// Only a verified callback has a key, and only this one: a key the
+		// sender chose is not the provider's word.
+		r.Header.Del("Idempotency-Key")
 		if err == nil && ok && s.wf.Runner != nil {
 			if cb, perr := payments.ParseCallback(secret, r.Header.Get(payments.SignatureHeader), body, time.Now()); perr == nil {
-				r.Header.Set("Idempotency-Key", "payment-callback:"+provider+":"+cb.ID)
+				r = r.WithContext(context.WithValue(r.Context(), derivedKey{}, callbackKey(provider, cb.ID)))
 			}
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
 }
+
+// callbackKey is a verified callback's Idempotency-Key: its provider and
+// event id, hashed when they would not fit a key.
+func callbackKey(provider, id string) string {
+	k := allot.KeyPaymentCallback + provider + ":" + id
+	if len(k) > 255 {
+		sum := sha256.Sum256([]byte(provider + ":" + id))
+		k = allot.KeyPaymentCallback + "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return k
+}
+
+// derivedKey carries an Idempotency-Key Allot derived itself (a verified
+// callback's) from callbackOnce to handle.
+type derivedKey struct{}
 
 // paymentCallback applies a payment provider's signed answer. Repeated and
 // out-of-order callbacks change nothing twice; the answer is 200 with the

@@ -241,6 +241,20 @@ func TestPaymentCallbacks(t *testing.T) {
 	if first.status != 200 || again.status != 200 || again.header.Get("Idempotent-Replayed") != "true" || string(first.body) != string(again.body) {
 		t.Fatalf("replayed callback: %d %s / %d %v %s", first.status, first.body, again.status, again.header, again.body)
 	}
+	// A key the sender picks is not the callback's: an unsigned request
+	// naming a coming event's key cannot block it.
+	poison := fmt.Sprintf(`{"id":"evt_poison","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, id, id)
+	if r := a.do("POST", "/v1/payments/prov/callback", `{}`, "Idempotency-Key", "payment-callback:prov:evt_poison"); r.status != 401 {
+		t.Fatalf("unsigned callback with a chosen key: %d %s", r.status, r.body)
+	}
+	if r := a.do("POST", "/v1/payments/prov/callback", poison, payments.SignatureHeader, payments.SignCallback(secret, time.Now(), []byte(poison))); r.status != 200 {
+		t.Fatalf("the callback whose key was tried first: %d %s", r.status, r.body)
+	}
+	// An event id too long for a key of its own is hashed into one.
+	long := fmt.Sprintf(`{"id":"evt_%s","kind":"charge","key":"charge-%s","order_id":%q,"status":"succeeded"}`, strings.Repeat("x", 300), id, id)
+	if r := a.do("POST", "/v1/payments/prov/callback", long, payments.SignatureHeader, payments.SignCallback(secret, time.Now(), []byte(long))); r.status != 200 {
+		t.Fatalf("callback with a 300-byte id: %d %s", r.status, r.body)
+	}
 	if r := cb("declined", time.Now(), ""); r.status != 200 {
 		t.Fatalf("late decline: %d %s", r.status, r.body)
 	}
@@ -289,6 +303,22 @@ func TestSellerDecision(t *testing.T) {
 		t.Fatalf("after reject: %v", got["status"])
 	}
 	a.mustDo(200, "POST", "/v1/orders/"+id+"/seller-decision", `{"decision":"rejected"}`, auth...)
+	// Under an Idempotency-Key, a wrong token's 401 is not what the right
+	// token gets, and the answer to the right token is not replayed to a
+	// request without it.
+	o = a.mustDo(201, "POST", "/v1/orders", `{"customer_id":"slow","lines":[{"resource_id":"room","quantity":1}]}`)
+	id = o["id"].(string)
+	a.awaitStatus(id, allot.OrderReserved)
+	body := `{"decision":"rejected","reason":"full"}`
+	if r := a.do("POST", "/v1/orders/"+id+"/seller-decision", body, "Idempotency-Key", "sd-1", "Authorization", "Bearer nope"); r.status != 401 {
+		t.Fatalf("wrong token: %d %s", r.status, r.body)
+	}
+	if r := a.do("POST", "/v1/orders/"+id+"/seller-decision", body, "Idempotency-Key", "sd-1", "Authorization", "Bearer sellertok"); r.status != 200 {
+		t.Fatalf("right token after a wrong one, same key: %d %s", r.status, r.body)
+	}
+	if r := a.do("POST", "/v1/orders/"+id+"/seller-decision", body, "Idempotency-Key", "sd-1"); r.status == 200 || r.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("the stored answer was replayed without the token: %d %s", r.status, r.body)
+	}
 	if bs, _ := a.store.Buckets(context.Background(), "room", "", ""); bs[0].Booked != 1 {
 		t.Fatalf("booked %d, want 1 (the confirmed order)", bs[0].Booked)
 	}

@@ -259,7 +259,7 @@ func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 	store := h.eng.Store()
 	// A repeat answers what the first answered: keyed by the order, hashed
 	// by the request.
-	claim := allot.IdempotencyClaim{Key: "openactive-order:" + id, Hash: hashOf(raw), Token: newToken(), At: h.eng.Now()}
+	claim := allot.IdempotencyClaim{Key: allot.KeyOpenActiveOrder + id, Hash: hashOf(raw), Token: newToken(), At: h.eng.Now()}
 	rec, err := store.ClaimIdempotencyKey(ctx, claim, time.Minute)
 	switch {
 	case err != nil:
