@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,7 +88,7 @@ func run(args []string, stderr io.Writer) int {
 	level := fs.String("log-level", env("ALLOT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (ALLOT_LOG_LEVEL)")
 	mode := fs.String("engine", env("ALLOT_ENGINE", "batch"), "write path: batch (group concurrent writes) or naive (one transaction per request) (ALLOT_ENGINE)")
 	workers := fs.Int("batch-workers", 0, "batches that may run at once (default 1 on SQLite, 4 on PostgreSQL)")
-	maxBatch := fs.Int("batch-max", 256, "most requests in one batch")
+	maxBatch := fs.Int("batch-max", defaultBatchMax, "most requests in one batch")
 	linger := fs.Duration("batch-linger", 0, "how long a batch may wait for company (0: never wait)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server to this file until it stops")
 	natsURL := fs.String("nats-url", env("ALLOT_NATS_URL", ""), "publish events to NATS JetStream at this URL (ALLOT_NATS_URL)")
@@ -112,6 +113,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "allot %s: unexpected arguments %q\n", cmd, fs.Args())
+		return 2
+	}
+	if err := checkEnvBools(); err != nil {
+		fmt.Fprintf(stderr, "allot: %v\n", err)
 		return 2
 	}
 	batching, err := batchingFor(*mode, *db, *workers, *maxBatch, *linger)
@@ -140,6 +145,37 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "allot: %v\n", err)
 		return 2
+	}
+
+	var oaCfg *openactive.Config
+	owner := map[string]string{} // key -> partner
+	for name, key := range oa.partners {
+		if !openactive.ValidPartner(name) {
+			fmt.Fprintf(stderr, "allot: --openactive-partner %q: a partner's name is 1-64 letters, digits or '-'\n", name)
+			return 2
+		}
+		if other, dup := owner[key]; dup {
+			// Which one a request is would depend on map order.
+			fmt.Fprintf(stderr, "allot: --openactive-partner: %q and %q have the same key; each partner needs its own\n", min(name, other), max(name, other))
+			return 2
+		}
+		owner[key] = name
+	}
+	baseURLGiven := false
+	fs.Visit(func(f *flag.Flag) { baseURLGiven = baseURLGiven || f.Name == "openactive-base-url" })
+	if !*oa.on && !*oa.testInterface && (len(oa.partners) > 0 || baseURLGiven) {
+		fmt.Fprintln(stderr, "allot: --openactive-partner and --openactive-base-url are for --openactive; add it")
+		return 2
+	}
+	if *oa.on || *oa.testInterface {
+		base := *oa.baseURL
+		if base == "" {
+			base = "http://" + *addr
+		} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+			fmt.Fprintf(stderr, "allot: --openactive-base-url %q must be an http(s) URL without a query\n", base)
+			return 2
+		}
+		oaCfg = &openactive.Config{BaseURL: base, Partners: owner, TestInterface: *oa.testInterface}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -181,27 +217,6 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}()
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
-	var oaCfg *openactive.Config
-	for name := range oa.partners {
-		if !openactive.ValidPartner(name) {
-			fmt.Fprintf(stderr, "allot: --openactive-partner %q: a partner's name is 1-64 letters, digits or '-'\n", name)
-			return 2
-		}
-	}
-	if *oa.on || *oa.testInterface {
-		base := *oa.baseURL
-		if base == "" {
-			base = "http://" + *addr
-		} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
-			fmt.Fprintf(stderr, "allot: --openactive-base-url %q must be an http(s) URL without a query\n", base)
-			return 2
-		}
-		partners := map[string]string{}
-		for name, key := range oa.partners {
-			partners[key] = name
-		}
-		oaCfg = &openactive.Config{BaseURL: base, Partners: partners, TestInterface: *oa.testInterface}
-	}
 	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow, oaCfg); err != nil {
 		log.Error("serving", "err", err)
 		return 1
@@ -232,6 +247,32 @@ func env(name, def string) string {
 	return def
 }
 
+// defaultBatchMax is --batch-max's default.
+const defaultBatchMax = 256
+
+// envBool is a boolean environment variable (true, 1, TRUE, false, 0, ...)
+// or def; checkEnvBools refuses one that is neither.
+func envBool(name string, def bool) bool {
+	if b, err := strconv.ParseBool(os.Getenv(name)); err == nil {
+		return b
+	}
+	return def
+}
+
+// boolEnvs are the environment variables envBool reads.
+var boolEnvs = []string{"ALLOT_WORKFLOW", "ALLOT_OPENACTIVE"}
+
+func checkEnvBools() error {
+	for _, name := range boolEnvs {
+		if v := os.Getenv(name); v != "" {
+			if _, err := strconv.ParseBool(v); err != nil {
+				return fmt.Errorf("%s=%q is not a boolean (true, false, 1, 0)", name, v)
+			}
+		}
+	}
+	return nil
+}
+
 // openStore opens the store a database URL names.
 func openStore(ctx context.Context, url string) (allot.Store, error) {
 	switch {
@@ -251,13 +292,16 @@ func openStore(ctx context.Context, url string) (allot.Store, error) {
 func batchingFor(mode, db string, workers, maxBatch int, linger time.Duration) (engine.Batching, error) {
 	switch mode {
 	case "naive":
+		if workers != 0 || maxBatch != defaultBatchMax || linger != 0 {
+			return engine.Batching{}, fmt.Errorf("--batch-workers, --batch-max and --batch-linger are for --engine batch; the naive engine has no batches")
+		}
 		return engine.Batching{}, nil
 	case "batch":
 	default:
 		return engine.Batching{}, fmt.Errorf("--engine must be batch or naive, not %q", mode)
 	}
-	if workers < 0 || maxBatch < 1 || linger < 0 || linger > time.Second {
-		return engine.Batching{}, fmt.Errorf("--batch-workers must be >= 0, --batch-max >= 1 and --batch-linger within 0..1s")
+	if workers < 0 || workers > 64 || maxBatch < 1 || maxBatch > 10000 || linger < 0 || linger > time.Second {
+		return engine.Batching{}, fmt.Errorf("--batch-workers must be within 0..64, --batch-max within 1..10000 and --batch-linger within 0..1s")
 	}
 	if workers == 0 {
 		// SQLite has one writer: one batch at a time is all it can use.

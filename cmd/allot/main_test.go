@@ -171,6 +171,30 @@ func TestServeGCPercent(t *testing.T) {
 	}
 }
 
+// Boolean environment variables take what strconv.ParseBool takes, and
+// refuse anything else: ALLOT_WORKFLOW=TRUE used to turn the workflow off.
+func TestEnvBools(t *testing.T) {
+	cases := []struct {
+		name, value string
+		want        bool
+	}{
+		{"ALLOT_WORKFLOW", "TRUE", true}, {"ALLOT_WORKFLOW", "1", true}, {"ALLOT_WORKFLOW", "false", false},
+		{"ALLOT_OPENACTIVE", "1", true}, {"ALLOT_OPENACTIVE", "", false},
+	}
+	for _, c := range cases {
+		t.Setenv(c.name, c.value)
+		def := c.name == "ALLOT_WORKFLOW"
+		if got := envBool(c.name, def); got != c.want || checkEnvBools() != nil {
+			t.Errorf("%s=%q: %v (%v), want %v", c.name, c.value, got, checkEnvBools(), c.want)
+		}
+	}
+	t.Setenv("ALLOT_WORKFLOW", "yes please")
+	var out bytes.Buffer
+	if code := run([]string{"serve"}, &out); code != 2 || !strings.Contains(out.String(), "ALLOT_WORKFLOW") {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+}
+
 func TestCommands(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
@@ -198,6 +222,14 @@ func TestCommands(t *testing.T) {
 		{[]string{"fake-provider", "--callback", "http://127.0.0.1:1/cb"}, 2, "--callback needs --secret"},
 		{[]string{"serve", "--openactive-partner", "my.app=k"}, 2, "a partner's name is 1-64"},
 		{[]string{"serve", "--openactive", "--openactive-base-url", "booking.example.com"}, 2, "must be an http(s) URL"},
+		{[]string{"serve", "--openactive", "--openactive-partner", "a=k", "--openactive-partner", "b=k"}, 2, `"a" and "b" have the same key`},
+		{[]string{"serve", "--openactive", "--openactive-partner", "a=k", "--openactive-partner", "a=j"}, 2, `"a" given twice`},
+		{[]string{"serve", "--openactive-partner", "a=k"}, 2, "are for --openactive"},
+		{[]string{"serve", "--batch-max", "1000000000"}, 2, "--batch-max within 1..10000"},
+		{[]string{"serve", "--batch-workers", "-3"}, 2, "--batch-workers must be within 0..64"},
+		{[]string{"serve", "--engine", "naive", "--batch-max", "5"}, 2, "are for --engine batch"},
+		{[]string{"serve", "--payment-timeout", "-5s"}, 2, "--payment-timeout must be positive"},
+		{[]string{"serve", "--step-timeout", "0"}, 2, "--step-timeout must be positive"},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprint(c.args), func(t *testing.T) {

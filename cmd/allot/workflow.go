@@ -29,7 +29,7 @@ type oaFlags struct {
 
 func openActiveFlags(fs *flag.FlagSet) *oaFlags {
 	f := &oaFlags{partners: keyValues{}}
-	f.on = fs.Bool("openactive", env("ALLOT_OPENACTIVE", "false") == "true", "serve the OpenActive Open Booking API: public feeds of every slot resource at /feeds/..., the dataset site /openactive, booking at /api/openbooking (ALLOT_OPENACTIVE=true)")
+	f.on = fs.Bool("openactive", envBool("ALLOT_OPENACTIVE", false), "serve the OpenActive Open Booking API: public feeds of every slot resource at /feeds/..., the dataset site /openactive, booking at /api/openbooking (ALLOT_OPENACTIVE=true)")
 	f.baseURL = fs.String("openactive-base-url", env("ALLOT_OPENACTIVE_BASE_URL", ""), "the URL clients reach this server at, for OpenActive @ids (default http://--addr)")
 	f.testInterface = fs.Bool("openactive-test-interface", false, "turn on the OpenActive test interface and the test suite's client-id header (implies --openactive); never in production")
 	fs.Var(f.partners, "openactive-partner", "NAME=API_KEY: an OpenActive booking partner and its key (Authorization: Bearer); repeatable")
@@ -66,13 +66,16 @@ func (kv keyValues) Set(v string) error {
 	if !ok || k == "" || val == "" {
 		return fmt.Errorf("want NAME=VALUE, got %q", v)
 	}
+	if _, dup := kv[k]; dup {
+		return fmt.Errorf("%q given twice", k)
+	}
 	kv[k] = val
 	return nil
 }
 
 func workflowFlags(fs *flag.FlagSet) *flowFlags {
 	f := &flowFlags{webhooks: keyValues{}, secrets: keyValues{}}
-	f.on = fs.Bool("workflow", env("ALLOT_WORKFLOW", "true") == "true", "carry orders through payment, seller confirmation and notification (ALLOT_WORKFLOW=false: reserve at once)")
+	f.on = fs.Bool("workflow", envBool("ALLOT_WORKFLOW", true), "carry orders through payment, seller confirmation and notification (ALLOT_WORKFLOW=false: reserve at once)")
 	f.defaultProvider = fs.String("payment-default", env("ALLOT_PAYMENT_DEFAULT", "fake"), "payment provider for orders that name none: fake, or a --payment-webhook name")
 	fs.Var(f.webhooks, "payment-webhook", "NAME=BASE_URL: a webhook-style payment provider (POST BASE_URL/charges and /refunds); repeatable")
 	fs.Var(f.secrets, "payment-secret", "NAME=SECRET: the provider's callback signing secret (or ALLOT_PAYMENT_SECRET_<NAME>); repeatable")
@@ -105,6 +108,15 @@ func (f *flowFlags) build(log *slog.Logger) (*flowConfig, error) {
 	}
 	if *f.rescueAfter <= *f.stepTimeout {
 		return nil, errors.New("--step-rescue-after must exceed --step-timeout")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--payment-timeout", *f.paymentTimeout}, {"--seller-timeout", *f.sellerTO}, {"--step-timeout", *f.stepTimeout}} {
+		if d.v <= 0 {
+			// Zero would be taken as "the default" further in.
+			return nil, fmt.Errorf("%s must be positive, not %v", d.name, d.v)
+		}
 	}
 	if *f.attempts < 1 || *f.attempts > 100 {
 		return nil, errors.New("--step-attempts must be 1..100")
