@@ -83,8 +83,13 @@ var knownTypes = []string{allot.EventResourceCreated, allot.EventCapacityChanged
 // this once.
 func Register(ctx context.Context, st allot.Store, rawURL, secret string, types []string) (allot.Webhook, error) {
 	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(rawURL) > 2000 {
-		return allot.Webhook{}, allot.Invalid("url", "url must be an absolute http or https URL, got %q", rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || len(rawURL) > 2000 {
+		return allot.Webhook{}, allot.Invalid("url", "url must be an absolute http or https URL with a host, got %q", rawURL)
+	}
+	if u.User != nil {
+		// It would be sent as Basic auth to wherever the URL points, and
+		// shown by GET /v1/webhooks; the signature is the credential.
+		return allot.Webhook{}, allot.Invalid("url", "url may not hold a user or password; verify deliveries by their Allot-Signature")
 	}
 	if secret == "" {
 		var b [24]byte

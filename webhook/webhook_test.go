@@ -211,6 +211,8 @@ func TestRegisterValidation(t *testing.T) {
 	}{
 		{"ftp://x", "", nil, "url"},
 		{"/relative", "", nil, "url"},
+		{"https://:443/", "", nil, "url"},
+		{"http://admin:hunter2@ok.example/hook", "", nil, "url"},
 		{"http://ok.example", "short", nil, "secret"},
 		{"http://ok.example", "", []string{"order.exploded"}, "event_types[0]"},
 	} {
