@@ -230,6 +230,10 @@ func unsure(err error) bool {
 
 // deleteQuote releases the lease; always a success.
 func (h *Handler) deleteQuote(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if !uuidPattern.MatchString(r.PathValue("uuid")) {
+		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+		return
+	}
 	_, err := h.eng.ReleaseHold(r.Context(), leaseID(partnerOf(r.Context()), r.PathValue("uuid")))
 	if unsure(err) {
 		h.fail(w, r, err)
@@ -399,6 +403,10 @@ func (h *Handler) bookingError(err error) (int, []byte) {
 // deleted); a lease under the UUID is released too.
 func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
+	if !uuidPattern.MatchString(r.PathValue("uuid")) {
+		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+		return
+	}
 	id := orderID(partnerOf(ctx), r.PathValue("uuid"))
 	_, lerr := h.eng.ReleaseHold(ctx, leaseID(partnerOf(ctx), r.PathValue("uuid")))
 	if unsure(lerr) {
