@@ -93,16 +93,24 @@ func lines(items []item) []allot.Line {
 	return out
 }
 
-// total is what the items cost, in minor units of two decimals.
-func total(items []item) (float64, string) {
-	t, cur := 0.0, "GBP"
+// total is what the items cost, in minor units of two decimals, or an
+// error if their prices are in different currencies (no one total).
+func total(items []item) (float64, string, error) {
+	t, cur := 0.0, ""
 	for _, it := range items {
 		t += price(it.res.Price)
 		if it.res.Price != nil {
-			cur = currency(it.res.Price)
+			if c := currency(it.res.Price); cur != "" && c != cur {
+				return 0, "", allot.Errorf(allot.CodeCurrencyMismatch, "the items are priced in %s and %s; an Order is paid in one currency", cur, c)
+			} else {
+				cur = c
+			}
 		}
 	}
-	return math.Round(t*100) / 100, cur
+	if cur == "" {
+		cur = "GBP"
+	}
+	return math.Round(t*100) / 100, cur, nil
 }
 
 // orderItems renders the items, with the remaining capacity to show and
@@ -171,7 +179,11 @@ func (h *Handler) quote(c2 bool) nethttp.HandlerFunc {
 		}
 		body := h.envelope("OrderQuote", h.ids.quote(uuid), req, c2)
 		body["orderRequiresApproval"] = false
-		t, cur := total(items)
+		t, cur, err := total(items)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
 		body["totalPaymentDue"] = paymentDue(t, cur)
 		itemErr := func(i int) []obj {
 			if items[i].errType == "" {
@@ -330,7 +342,10 @@ func (h *Handler) bookOnce(ctx context.Context, req request, uuid, id string, cl
 			return finish(409, oaError(it.errType, it.errDesc, 409))
 		}
 	}
-	t, cur := total(items)
+	t, cur, err := total(items)
+	if err != nil {
+		return finish(400, oaError("InvalidAPIRequestError", err.(*allot.Error).Detail, 400))
+	}
 	switch {
 	case req.TotalPaymentDue == nil || req.TotalPaymentDue.Price == nil || math.Abs(*req.TotalPaymentDue.Price-t) > 0.005:
 		return finish(400, oaError("TotalPaymentDueMismatchError", fmt.Sprintf("totalPaymentDue.price must be %.2f %s", t, cur), 400))

@@ -1,6 +1,7 @@
 package openactive_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
@@ -18,15 +20,16 @@ import (
 const base = "http://booking.test"
 
 type oa struct {
-	t *testing.T
-	h *openactive.Handler
+	t   *testing.T
+	h   *openactive.Handler
+	eng *engine.Engine
 }
 
 func newOA(t *testing.T, open storetest.Opener) *oa {
 	s := open(t)
 	eng := engine.New(s, engine.Options{Batching: engine.Batching{Workers: 2}})
 	t.Cleanup(func() { eng.Close(); s.Close() })
-	return &oa{t: t, h: openactive.New(eng, openactive.Config{BaseURL: base, TestInterface: true,
+	return &oa{t: t, eng: eng, h: openactive.New(eng, openactive.Config{BaseURL: base, TestInterface: true,
 		Partners: map[string]string{"key-2": "partner-2"}}, nil)}
 }
 
@@ -448,3 +451,26 @@ func TestOutcomeUnknown(t *testing.T) {
 		t.Fatalf("deleting it again: %d %s", r.status, r.raw)
 	}
 }
+
+// A quote of items priced in two currencies has no one total: C2 refuses
+// it, as B does, instead of adding pounds to yen.
+func TestQuoteInTwoCurrencies(t *testing.T) {
+	o := newOA(t, storetest.Stores()["sqlite"])
+	gbp, gbpOffer := o.opportunity("TestOpportunityBookableNonFree")
+	capacity := 5
+	if _, err := o.eng.CreateResource(context.Background(), engine.ResourceInput{ID: "yen-class", Name: "yen class", Kind: allot.KindSlot, Capacity: &capacity,
+		Price: &allot.Money{Minor: 1000, Currency: "JPY"},
+		Slots: []engine.SlotInput{{ID: "s1", StartsAt: ptr(time.Now().Add(48 * time.Hour))}}}); err != nil {
+		t.Fatal(err)
+	}
+	jpy, jpyOffer := base+"/api/identifiers/scheduled-sessions/yen-class/s1", base+"/api/identifiers/session-series/yen-class#/offers/0"
+	body := fmt.Sprintf(`{"@context":"https://openactive.io/","@type":"OrderQuote","brokerRole":"https://openactive.io/AgentBroker","seller":%q,"orderedItem":[`+
+		`{"@type":"OrderItem","position":0,"acceptedOffer":%q,"orderedItem":%q},{"@type":"OrderItem","position":1,"acceptedOffer":%q,"orderedItem":%q}]}`,
+		base+"/api/identifiers/sellers/1", gbpOffer, gbp, jpyOffer, jpy)
+	r := o.do("PUT", "/api/openbooking/order-quotes/aaaaaaaa-0000-4000-8000-00000000c2c2", body)
+	if r.status != 400 || !strings.Contains(string(r.raw), "GBP and JPY") {
+		t.Fatalf("C2 in two currencies: %d %s", r.status, r.raw)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
