@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	nethttp "net/http"
 	"strconv"
 	"strings"
@@ -336,8 +337,11 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 // decode reads a JSON object body strictly: known fields only, right types,
 // one value, at most MaxBody bytes, no NUL characters in strings.
 func decode(r *nethttp.Request, dst any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &allot.Error{Code: codeMediaType, Line: -1, Detail: fmt.Sprintf("the body must be application/json, not %s", ct)}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		// Media types are case-insensitive; application/jsonp is not JSON.
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return &allot.Error{Code: codeMediaType, Line: -1, Detail: fmt.Sprintf("the body must be application/json, not %s", ct)}
+		}
 	}
 	body, err := io.ReadAll(nethttp.MaxBytesReader(nil, r.Body, MaxBody))
 	if err != nil {

@@ -270,6 +270,13 @@ func testErrors(t *testing.T, a *api) {
 			}
 		}
 	})
+	t.Run("media types", func(t *testing.T) {
+		for ct, want := range map[string]int{"APPLICATION/JSON": 201, "application/json; charset=utf-8": 201, "application/jsonp": 415, "application/json-seq": 415} {
+			if r := a.do("POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}]}`, "Content-Type", ct); r.status != want {
+				t.Errorf("Content-Type %q: %d, want %d: %s", ct, r.status, want, r.body)
+			}
+		}
+	})
 	t.Run("unsupported media type", func(t *testing.T) {
 		r := a.do("POST", "/v1/holds", `lines=1`, "Content-Type", "application/x-www-form-urlencoded")
 		if r.status != 415 {
