@@ -347,6 +347,10 @@ func decode(r *nethttp.Request, dst any) error {
 	if err != nil {
 		return jsonFieldError(err)
 	}
+	if !utf8.Valid(body) {
+		// encoding/json would turn the bad bytes into U+FFFD unsaid.
+		return malformed("the body is not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {

@@ -256,6 +256,12 @@ func testErrors(t *testing.T, a *api) {
 			t.Fatalf("problem %v", p)
 		}
 	})
+	t.Run("body not UTF-8", func(t *testing.T) {
+		r := a.do("POST", "/v1/customers", "{\"id\":\"c-utf\",\"name\":\"Gr\xe2ce\",\"email\":\"g@example.com\"}")
+		if r.status != 400 || !strings.Contains(string(r.body), "UTF-8") {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+	})
 	t.Run("Idempotency-Key not UTF-8", func(t *testing.T) {
 		r := a.do("POST", "/v1/orders", `{"lines":[{"resource_id":"book","quantity":1}]}`, "Idempotency-Key", "\xff\xfe")
 		if r.status != 400 {

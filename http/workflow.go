@@ -57,9 +57,13 @@ func (s *Server) runner() (Workflow, error) {
 func preferWait(r *nethttp.Request) (time.Duration, error) {
 	for _, h := range r.Header.Values("Prefer") {
 		for _, p := range strings.Split(h, ",") {
-			k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
-			if !ok || !strings.EqualFold(strings.TrimSpace(k), "wait") {
+			pref, _, _ := strings.Cut(p, ";") // a preference's parameters: none for wait
+			k, v, ok := strings.Cut(strings.TrimSpace(pref), "=")
+			if !strings.EqualFold(strings.TrimSpace(k), "wait") {
 				continue
+			}
+			if !ok {
+				return 0, allot.Invalid("Prefer", "wait needs a number of seconds: Prefer: wait=10")
 			}
 			n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(v), `"`))
 			if err != nil || n < 0 || n > MaxWait {
@@ -136,6 +140,12 @@ func (s *Server) callbackOnce(next nethttp.Handler) nethttp.Handler {
 		provider := r.PathValue("provider")
 		secret, ok := s.wf.CallbackSecrets[provider]
 		body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
+		var tooBig *nethttp.MaxBytesError
+		if errors.As(err, &tooBig) {
+			p := problemOf(jsonFieldError(err), r.URL.Path)
+			writeBody(w, p.Status, problemBody(p))
+			return
+		}
 		// Only a verified callback has a key, and only this one: a key the
 		// sender chose is not the provider's word.
 		r.Header.Del("Idempotency-Key")

@@ -123,6 +123,7 @@ func TestWorkflowErrors(t *testing.T) {
 		{"unknown provider", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"paypal"}}`, nil, 422, "validation-failed", "payment.provider"},
 		{"unknown simulation", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"fake","simulate":"explode"}}`, nil, 422, "validation-failed", "payment.simulate"},
 		{"bad wait", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=soon"}, 422, "validation-failed", "Prefer"},
+		{"bare wait", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait"}, 422, "validation-failed", "Prefer"},
 		{"wait too long", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=31"}, 422, "validation-failed", "Prefer"},
 		{"unknown customer read", "GET", "/v1/customers/nobody", "", nil, 404, "not-found", ""},
 		{"callback of an unknown provider", "POST", "/v1/payments/paypal/callback", `{}`, nil, 404, "not-found", ""},
@@ -165,7 +166,7 @@ func TestPreferWait(t *testing.T) {
 		t.Fatalf("status %v without Prefer", o["status"])
 	}
 	first := o["id"].(string)
-	o = a.mustDo(201, "POST", "/v1/orders", body, "Prefer", "respond-async, wait=10")
+	o = a.mustDo(201, "POST", "/v1/orders", body, "Prefer", "respond-async, wait=10; foo")
 	if o["status"] != "notified" || len(o["history"].([]any)) != 4 {
 		t.Fatalf("with Prefer: wait=10: %v %v", o["status"], o["history"])
 	}
@@ -212,6 +213,9 @@ func TestPaymentCallbacks(t *testing.T) {
 			return a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback("other", now, []byte(body)))
 		}, 401, "unauthorized"},
 		{"stale signature", func() resp { return cb("succeeded", now.Add(-10*time.Minute), "") }, 401, "unauthorized"},
+		{"too large", func() resp {
+			return a.do("POST", "/v1/payments/prov/callback", `{"id":"`+strings.Repeat("x", allothttp.MaxBody)+`"}`, payments.SignatureHeader, "t=1,v1=00")
+		}, 413, "request-too-large"},
 		{"bad content", func() resp {
 			body := `{"id":"e","kind":"charge","key":"k","order_id":"o","status":"maybe"}`
 			return a.do("POST", "/v1/payments/prov/callback", body, payments.SignatureHeader, payments.SignCallback(secret, now, []byte(body)))
