@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"github.com/allot/allot"
 )
@@ -86,7 +87,7 @@ func (e *Engine) CreateResource(ctx context.Context, in ResourceInput) (allot.Re
 	} else if !idPattern.MatchString(r.ID) {
 		return r, allot.Invalid("id", "id %q must match %s", r.ID, idPattern)
 	}
-	if r.Name == "" || len(r.Name) > 200 {
+	if r.Name == "" || utf8.RuneCountInString(r.Name) > 200 {
 		return r, allot.Invalid("name", "name is required, at most 200 characters")
 	}
 	if !r.Kind.Valid() {

@@ -7,6 +7,7 @@ import (
 	"net/mail"
 	"regexp"
 	"time"
+	"unicode/utf8"
 
 	"github.com/allot/allot"
 )
@@ -163,7 +164,7 @@ func (e *Engine) CreateCustomer(ctx context.Context, c allot.Customer) (allot.Cu
 	if !customerID.MatchString(c.ID) {
 		return c, allot.Invalid("id", "id must be 1-200 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
 	}
-	if len(c.Name) > 200 {
+	if utf8.RuneCountInString(c.Name) > 200 {
 		return c, allot.Invalid("name", "name may be at most 200 characters")
 	}
 	a, err := mail.ParseAddress(c.Email)

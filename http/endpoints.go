@@ -3,6 +3,7 @@ package http
 import (
 	nethttp "net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
@@ -185,7 +186,7 @@ func (s *Server) cancelOrder(r *nethttp.Request) (any, error) {
 	}
 	cause := "cancelled by client"
 	if in.Reason != "" {
-		if len(in.Reason) > 500 {
+		if utf8.RuneCountInString(in.Reason) > 500 {
 			return nil, allot.Invalid("reason", "reason may be at most 500 characters")
 		}
 		cause += ": " + in.Reason

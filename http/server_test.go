@@ -204,6 +204,7 @@ func testErrors(t *testing.T, a *api) {
 		{"slot time without a zone", "POST", "/v1/resources", `{"name":"x","kind":"slot","capacity":1,"slots":[{"id":"a","starts_at":"2037-01-04 09:00"}]}`, 400, "malformed-request", ""},
 		{"missing capacity", "POST", "/v1/resources", `{"name":"x","kind":"stock"}`, 422, "validation-failed", "capacity"},
 		{"duplicate id", "POST", "/v1/resources", `{"id":"book","name":"x","kind":"stock","capacity":1}`, 409, "already-exists", "id"},
+		{"name of 201 characters", "POST", "/v1/resources", `{"name":"` + strings.Repeat("é", 201) + `","kind":"stock","capacity":1}`, 422, "validation-failed", "name"},
 		{"bad id", "POST", "/v1/resources", `{"id":"a b","name":"x","kind":"stock","capacity":1}`, 422, "validation-failed", "id"},
 		{"negative capacity", "PUT", "/v1/resources/book/capacity", `{"capacity":-5}`, 422, "validation-failed", "capacity"},
 		{"NUL in a string", "POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}],"customer_id":"a\u0000b"}`, 400, "malformed-request", ""},
@@ -255,6 +256,9 @@ func testErrors(t *testing.T, a *api) {
 		if p["code"] != "capacity-below-usage" || b["key"] != "2037-06-01" {
 			t.Fatalf("problem %v", p)
 		}
+	})
+	t.Run("name of 200 characters in more bytes", func(t *testing.T) {
+		a.mustDo(201, "POST", "/v1/resources", `{"name":"`+strings.Repeat("é", 200)+`","kind":"stock","capacity":1}`)
 	})
 	t.Run("body not UTF-8", func(t *testing.T) {
 		r := a.do("POST", "/v1/customers", "{\"id\":\"c-utf\",\"name\":\"Gr\xe2ce\",\"email\":\"g@example.com\"}")

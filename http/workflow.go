@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/allot/allot"
 	"github.com/allot/allot/engine"
@@ -235,7 +236,7 @@ func (s *Server) sellerDecision(r *nethttp.Request) (any, error) {
 	if in.Decision != allot.SellerAccepted && in.Decision != allot.SellerRejected {
 		return nil, allot.Invalid("decision", "decision must be %q or %q", allot.SellerAccepted, allot.SellerRejected)
 	}
-	if len(in.Reason) > 1000 || len(in.Reference) > 200 {
+	if utf8.RuneCountInString(in.Reason) > 1000 || utf8.RuneCountInString(in.Reference) > 200 {
 		return nil, allot.Invalid("reason", "reason may be at most 1000 characters and reference 200")
 	}
 	return run.SellerAnswer(r.Context(), r.PathValue("id"), in)
