@@ -85,8 +85,28 @@ func runBench(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "allot bench: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
 	if (*target == "") == (*db == "") {
 		fmt.Fprintln(stderr, "allot bench: give exactly one of --target URL or --db URL")
+		return 2
+	}
+	if *mode != "batch" && *mode != "naive" {
+		fmt.Fprintf(stderr, "allot bench: --engine must be batch or naive, not %q\n", *mode)
+		return 2
+	}
+	engineGiven := false
+	fs.Visit(func(f *flag.Flag) { engineGiven = engineGiven || f.Name == "engine" })
+	if *target != "" && (engineGiven || *keep) {
+		fmt.Fprintln(stderr, "allot bench: --engine and --keep are for the servers --db starts; a --target server runs as it was started")
+		return 2
+	}
+	switch *workload {
+	case "hot", "flash-sale", "hotel", "mixed", "health":
+	default:
+		fmt.Fprintf(stderr, "allot bench: --workload must be hot, flash-sale, hotel, mixed or health, not %q\n", *workload)
 		return 2
 	}
 	if *compare && *db == "" {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	nethttp "net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,8 +30,20 @@ func runFakeProvider(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "allot fake-provider: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
 	if *callback != "" && *secret == "" {
 		fmt.Fprintln(stderr, "allot fake-provider: --callback needs --secret")
+		return 2
+	}
+	if u, err := url.Parse(*callback); *callback != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "") {
+		fmt.Fprintf(stderr, "allot fake-provider: --callback %q must be an http(s) URL\n", *callback)
+		return 2
+	}
+	if *delay < 0 {
+		fmt.Fprintln(stderr, "allot fake-provider: --pending-delay may not be negative")
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))

@@ -115,6 +115,10 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "allot %s: unexpected arguments %q\n", cmd, fs.Args())
 		return 2
 	}
+	if _, _, err := net.SplitHostPort(*addr); err != nil && cmd == "serve" {
+		fmt.Fprintf(stderr, "allot: --addr %q must be HOST:PORT (127.0.0.1:8080, :8080): %v\n", *addr, err)
+		return 2
+	}
 	if err := checkEnvBools(); err != nil {
 		fmt.Fprintf(stderr, "allot: %v\n", err)
 		return 2

@@ -220,6 +220,13 @@ func TestCommands(t *testing.T) {
 		{[]string{"serve", "--payment-default", "paypal"}, 2, "not a configured provider"},
 		{[]string{"serve", "--step-timeout", "2m"}, 2, "--step-rescue-after must exceed --step-timeout"},
 		{[]string{"fake-provider", "--callback", "http://127.0.0.1:1/cb"}, 2, "--callback needs --secret"},
+		{[]string{"fake-provider", "--callback", "ftp://x", "--secret", "s"}, 2, "must be an http(s) URL"},
+		{[]string{"fake-provider", "--pending-delay", "-5s"}, 2, "may not be negative"},
+		{[]string{"fake-provider", "extra"}, 2, "unexpected arguments"},
+		{[]string{"bench", "--db", "sqlite", "--engine", "foo"}, 2, "--engine must be batch or naive"},
+		{[]string{"bench", "--target", "http://127.0.0.1:1", "--keep"}, 2, "are for the servers --db starts"},
+		{[]string{"bench", "--target", "http://127.0.0.1:1", "--workload", "party"}, 2, "--workload must be"},
+		{[]string{"bench", "--target", "http://127.0.0.1:1", "extra"}, 2, "unexpected arguments"},
 		{[]string{"serve", "--openactive-partner", "my.app=k"}, 2, "a partner's name is 1-64"},
 		{[]string{"serve", "--openactive", "--openactive-base-url", "booking.example.com"}, 2, "must be an http(s) URL"},
 		{[]string{"serve", "--openactive", "--openactive-partner", "a=k", "--openactive-partner", "b=k"}, 2, `"a" and "b" have the same key`},
@@ -229,6 +236,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"serve", "--batch-workers", "-3"}, 2, "--batch-workers must be within 0..64"},
 		{[]string{"serve", "--engine", "naive", "--batch-max", "5"}, 2, "are for --engine batch"},
 		{[]string{"serve", "--payment-timeout", "-5s"}, 2, "--payment-timeout must be positive"},
+		{[]string{"serve", "--addr", "8080"}, 2, "--addr \"8080\" must be HOST:PORT"},
 		{[]string{"serve", "--step-timeout", "0"}, 2, "--step-timeout must be positive"},
 	}
 	for _, c := range cases {
