@@ -90,7 +90,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/orders", s.handle(200, s.listOrders)},
 		{"GET /v1/orders/{id}", s.handle(200, s.getOrder)},
 		{"POST /v1/orders/{id}/cancel", s.handle(200, s.cancelOrder)},
-		{"POST /v1/orders/{id}/seller-decision", s.handle(200, s.sellerDecision)},
+		{"POST /v1/orders/{id}/seller-decision", s.handleCredentialed(200, s.sellerDecision)},
 		{"POST /v1/customers", s.handle(201, s.createCustomer)},
 		{"GET /v1/customers/{id}", s.handle(200, s.getCustomer)},
 		{"POST /v1/payments/{provider}/callback", s.callbackOnce(s.handle(200, s.paymentCallback))},
@@ -217,7 +217,18 @@ func marshal(v any) ([]byte, error) {
 
 // handle wraps an endpoint: POSTs with an Idempotency-Key are claimed,
 // executed once, and answered from the stored response when repeated.
-func (s *Server) handle(status int, h handler) nethttp.Handler {
+func (s *Server) handle(status int, h handler) nethttp.Handler { return s.wrap(status, h, false) }
+
+// handleCredentialed is handle for an endpoint that checks the request's
+// Authorization itself (a seller's decision): the credentials are part of
+// the request under its Idempotency-Key, so a stored answer is not
+// replayed to a request without them. Elsewhere a proxy in front may
+// refresh its token between a request and its retry.
+func (s *Server) handleCredentialed(status int, h handler) nethttp.Handler {
+	return s.wrap(status, h, true)
+}
+
+func (s *Server) wrap(status int, h handler, credentialed bool) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		base := render(status, r.URL.Path)
 		rend := func(v any, err error) (int, []byte) {
@@ -240,7 +251,7 @@ func (s *Server) handle(status int, h handler) nethttp.Handler {
 		key := r.Header.Get("Idempotency-Key")
 		if k, ok := r.Context().Value(derivedKey{}).(string); ok {
 			key = k
-		} else if allot.ReservedIdempotencyKey(key) {
+		} else if r.Method == nethttp.MethodPost && allot.ReservedIdempotencyKey(key) {
 			st, body := rend(nil, &allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1,
 				Detail: fmt.Sprintf("Idempotency-Keys starting %q or %q are Allot's own; choose another", allot.KeyPaymentCallback, allot.KeyOpenActiveOrder)})
 			writeBody(w, st, body)
@@ -253,7 +264,7 @@ func (s *Server) handle(status int, h handler) nethttp.Handler {
 			writeBody(w, st, body)
 			return
 		}
-		s.idempotent(w, r, key, h, rend)
+		s.idempotent(w, r, key, h, rend, credentialed)
 	})
 }
 
@@ -270,7 +281,7 @@ func (s *Server) logInternal(r *nethttp.Request, err error) {
 	s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 }
 
-func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key string, h handler, rend func(any, error) (int, []byte)) {
+func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key string, h handler, rend func(any, error) (int, []byte), credentialed bool) {
 	fail := func(err error) { st, body := rend(nil, err); writeBody(w, st, body) }
 	if len(key) > 255 || badText(key) {
 		fail(&allot.Error{Code: codeMalformed, Field: "Idempotency-Key", Line: -1, Detail: "the Idempotency-Key header must be valid UTF-8 of at most 255 bytes, without NUL"})
@@ -285,9 +296,7 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 	sum := sha256.New()
 	fmt.Fprintf(sum, "%s %s\n", r.Method, r.URL.RequestURI())
 	sum.Write(body)
-	if a := r.Header.Get("Authorization"); a != "" {
-		// The credentials are part of the request: a stored answer is not
-		// replayed to a request without them (or with others).
+	if a := r.Header.Get("Authorization"); credentialed && a != "" {
 		fmt.Fprintf(sum, "\nauthorization %s", a)
 	}
 	var tok [16]byte
@@ -339,7 +348,7 @@ func (s *Server) idempotent(w nethttp.ResponseWriter, r *nethttp.Request, key st
 func decode(r *nethttp.Request, dst any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		// Media types are case-insensitive; application/jsonp is not JSON.
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		if mt, _, err := mime.ParseMediaType(ct); (err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter)) || mt != "application/json" {
 			return &allot.Error{Code: codeMediaType, Line: -1, Detail: fmt.Sprintf("the body must be application/json, not %s", ct)}
 		}
 	}

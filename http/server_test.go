@@ -281,8 +281,10 @@ func testErrors(t *testing.T, a *api) {
 		}
 	})
 	t.Run("media types", func(t *testing.T) {
-		for ct, want := range map[string]int{"APPLICATION/JSON": 201, "application/json; charset=utf-8": 201, "application/jsonp": 415, "application/json-seq": 415} {
-			if r := a.do("POST", "/v1/holds", `{"lines":[{"resource_id":"book","quantity":1}]}`, "Content-Type", ct); r.status != want {
+		i := 0
+		for ct, want := range map[string]int{"APPLICATION/JSON": 201, "application/json; charset=utf-8": 201, "application/json; charset": 201, "application/jsonp": 415, "application/json-seq": 415} {
+			i++
+			if r := a.do("POST", "/v1/customers", fmt.Sprintf(`{"id":"mt-%d","name":"M","email":"m@example.com"}`, i), "Content-Type", ct); r.status != want {
 				t.Errorf("Content-Type %q: %d, want %d: %s", ct, r.status, want, r.body)
 			}
 		}
@@ -319,7 +321,9 @@ func TestIdempotencyKey(t *testing.T) {
 	if first.status != 201 {
 		t.Fatalf("first: %d %s", first.status, first.body)
 	}
-	again := a.do("POST", "/v1/orders", body, "Idempotency-Key", "order-1")
+	// A proxy in front may send another token with the retry: the /v1
+	// API does not check it, so it is not part of the request.
+	again := a.do("POST", "/v1/orders", body, "Idempotency-Key", "order-1", "Authorization", "Bearer refreshed-token")
 	if again.status != 201 || !bytes.Equal(again.body, first.body) || again.header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("repeat: %d %s (replayed %q), want the first response", again.status, again.body, again.header.Get("Idempotent-Replayed"))
 	}

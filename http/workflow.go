@@ -64,7 +64,7 @@ func preferWait(r *nethttp.Request) (time.Duration, error) {
 				continue
 			}
 			if !ok {
-				return 0, allot.Invalid("Prefer", "wait needs a number of seconds: Prefer: wait=10")
+				continue // a wait without seconds asks for nothing (RFC 7240 lets it be ignored)
 			}
 			n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(v), `"`))
 			if err != nil || n < 0 || n > MaxWait {

@@ -148,7 +148,7 @@ func (h *Handler) partner(next nethttp.HandlerFunc) nethttp.HandlerFunc {
 }
 
 var partnerID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
-var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F-]{8,64}$`)
 
 func partnerOf(ctx context.Context) string { p, _ := ctx.Value(partnerKey{}).(string); return p }
 

@@ -291,7 +291,7 @@ func partnersAndOrdersFeed(t *testing.T, open storetest.Opener) {
 	if r := o.do("DELETE", "/api/openbooking/orders/"+uuid, "", other...); r.status != 404 {
 		t.Fatalf("partner 2 deleting partner 1's order: %d", r.status)
 	}
-	for _, bad := range []string{"orders/abc%00def", "order-quotes/abc%00def", "orders/--------", "order-quotes/" + strings.Repeat("a", 64)} {
+	for _, bad := range []string{"orders/abc%00def", "order-quotes/abc%00def", "order-quotes/" + strings.Repeat("a", 65)} {
 		if r := o.do("DELETE", "/api/openbooking/"+bad, ""); r.status != 400 {
 			t.Fatalf("DELETE %s: %d %s, want 400", bad, r.status, r.raw)
 		}
