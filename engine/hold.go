@@ -25,7 +25,9 @@ func (e *Engine) CreateHold(ctx context.Context, in HoldInput) (allot.Hold, erro
 	if in.TTL < time.Second || in.TTL > MaxHoldTTL {
 		return allot.Hold{}, allot.Invalid("ttl_seconds", "ttl_seconds must be between 1 and %d", int(MaxHoldTTL.Seconds()))
 	}
-	if err := checkCustomer(in.CustomerID); err != nil {
+	// As an order would be: better refused now than when the hold is
+	// booked.
+	if err := e.checkOrderCustomer(ctx, in.CustomerID); err != nil {
 		return allot.Hold{}, err
 	}
 	d, err := e.newDemandOf(ctx, e.store, in.Lines)

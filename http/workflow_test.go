@@ -120,6 +120,7 @@ func TestWorkflowErrors(t *testing.T) {
 		{"bad email", "POST", "/v1/customers", `{"id":"bob","email":"Bob <bob@example.com>"}`, nil, 422, "validation-failed", "email"},
 		{"missing email", "POST", "/v1/customers", `{"id":"bob"}`, nil, 422, "validation-failed", "email"},
 		{"unknown customer", "POST", "/v1/orders", `{"customer_id":"nobody","lines":[{"resource_id":"room","quantity":1}]}`, nil, 422, "unknown-customer", "customer_id"},
+		{"hold for an unknown customer", "POST", "/v1/holds", `{"customer_id":"nobody","lines":[{"resource_id":"room","quantity":1}]}`, nil, 422, "unknown-customer", "customer_id"},
 		{"unknown provider", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"paypal"}}`, nil, 422, "validation-failed", "payment.provider"},
 		{"unknown simulation", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}],"payment":{"provider":"fake","simulate":"explode"}}`, nil, 422, "validation-failed", "payment.simulate"},
 		{"bad wait", "POST", "/v1/orders", `{"customer_id":"ada","lines":[{"resource_id":"room","quantity":1}]}`, []string{"Prefer", "wait=soon"}, 422, "validation-failed", "Prefer"},
