@@ -50,6 +50,9 @@ func (s *Server) ordersFeed(r *nethttp.Request) (any, error) {
 		scheme = "https" // directly, or behind a TLS-terminating proxy
 	}
 	base := fmt.Sprintf("%s://%s%s", scheme, r.Host, r.URL.Path)
+	if s.publicURL != "" {
+		base = s.publicURL + r.URL.Path
+	}
 	page := rpdePage{Items: []rpdeItem{}, License: "https://creativecommons.org/licenses/by/4.0/"}
 	if len(items) == 0 {
 		page.Next = base + "?" + r.URL.RawQuery

@@ -47,7 +47,14 @@ type Server struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	wf        WorkflowOptions
+	// publicURL is where clients reach the API (no trailing slash), for
+	// the links it writes; empty: from each request's Host.
+	publicURL string
 }
+
+// SetPublicURL makes the feeds' links start with u (https://book.example.com)
+// instead of the request's Host header, which a client sets as it likes.
+func (s *Server) SetPublicURL(u string) { s.publicURL = strings.TrimSuffix(u, "/") }
 
 // CloseStreams ends the open event streams, so that a graceful shutdown
 // does not wait for them (pass it to http.Server.RegisterOnShutdown).

@@ -646,3 +646,15 @@ func TestOutcomeUnknown(t *testing.T) {
 		t.Fatalf("held %v after the retry of hold %v, want 2: made once", b["held"], again["id"])
 	}
 }
+
+// With a public URL set, the feed's links start with it, whatever Host
+// the request names.
+func TestFeedLinksUsePublicURL(t *testing.T) {
+	a := newAPI(t)
+	a.h.(*allothttp.Server).SetPublicURL("https://book.example.com/")
+	r := a.do("GET", "/v1/feeds/orders?limit=2", "") // the request names Host example.com
+	var p map[string]any
+	if err := json.Unmarshal(r.body, &p); err != nil || p["next"] != "https://book.example.com/v1/feeds/orders?limit=2" {
+		t.Fatalf("next %v (%v): %s", p["next"], err, r.body)
+	}
+}

@@ -94,6 +94,7 @@ func run(args []string, stderr io.Writer) int {
 	natsURL := fs.String("nats-url", env("ALLOT_NATS_URL", ""), "publish events to NATS JetStream at this URL (ALLOT_NATS_URL)")
 	natsStream := fs.String("nats-stream", env("ALLOT_NATS_STREAM", "ALLOT"), "JetStream stream for the events (ALLOT_NATS_STREAM)")
 	natsSubject := fs.String("nats-subject", env("ALLOT_NATS_SUBJECT", "allot.events"), "subject prefix: <prefix>.<event type> (ALLOT_NATS_SUBJECT)")
+	publicURL := fs.String("public-url", env("ALLOT_PUBLIC_URL", ""), "the URL clients reach this server at, such as https://book.example.com: the base of the feeds' links (default: each request's Host) and of OpenActive @ids (ALLOT_PUBLIC_URL)")
 	kafkaBrokers := fs.String("kafka-brokers", env("ALLOT_KAFKA_BROKERS", ""), "publish events to Kafka at these comma-separated brokers (ALLOT_KAFKA_BROKERS)")
 	wf := workflowFlags(fs)
 	oa := openActiveFlags(fs)
@@ -165,6 +166,10 @@ func run(args []string, stderr io.Writer) int {
 		}
 		owner[key] = name
 	}
+	if u, err := url.Parse(*publicURL); *publicURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.RawQuery != "" || u.User != nil) {
+		fmt.Fprintf(stderr, "allot: --public-url %q must be an http(s) URL without a query\n", *publicURL)
+		return 2
+	}
 	baseURLGiven := false
 	fs.Visit(func(f *flag.Flag) { baseURLGiven = baseURLGiven || f.Name == "openactive-base-url" })
 	if !*oa.on && !*oa.testInterface && (len(oa.partners) > 0 || baseURLGiven) {
@@ -173,7 +178,9 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if *oa.on || *oa.testInterface {
 		base := *oa.baseURL
-		if base == "" {
+		if base == "" && *publicURL != "" {
+			base = strings.TrimSuffix(*publicURL, "/")
+		} else if base == "" {
 			base = "http://" + *addr
 		} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
 			fmt.Fprintf(stderr, "allot: --openactive-base-url %q must be an http(s) URL without a query\n", base)
@@ -221,7 +228,7 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}()
 	consume := consumer{brokers: *kafkaBrokers, group: *consumeGroup}
-	if err := serve(ctx, log, store, *addr, batching, sinks, consume, flow, oaCfg); err != nil {
+	if err := serve(ctx, log, store, *addr, *publicURL, batching, sinks, consume, flow, oaCfg); err != nil {
 		log.Error("serving", "err", err)
 		return 1
 	}
@@ -357,7 +364,7 @@ func openSinks(ctx context.Context, log *slog.Logger, natsURL, stream, subject, 
 // consumer configures the create_booking consumer; no group, no consumer.
 type consumer struct{ brokers, group string }
 
-func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string, b engine.Batching, sinks []events.Sink, consume consumer, flow *flowConfig, oa *openactive.Config) error {
+func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr, publicURL string, b engine.Batching, sinks []events.Sink, consume consumer, flow *flowConfig, oa *openactive.Config) error {
 	opts := engine.Options{Logger: log, Batching: b}
 	var runner *workflow.Runner
 	if flow != nil {
@@ -371,6 +378,7 @@ func serve(ctx context.Context, log *slog.Logger, store allot.Store, addr string
 	eng := engine.New(store, opts)
 	defer eng.Close()
 	api := allothttp.New(eng, log)
+	api.SetPublicURL(publicURL)
 	if runner != nil {
 		flow.api.Runner = runner
 		api.SetWorkflow(flow.api)

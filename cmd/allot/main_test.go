@@ -237,6 +237,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"serve", "--engine", "naive", "--batch-max", "5"}, 2, "are for --engine batch"},
 		{[]string{"serve", "--payment-timeout", "-5s"}, 2, "--payment-timeout must be positive"},
 		{[]string{"serve", "--addr", "8080"}, 2, "--addr \"8080\" must be HOST:PORT"},
+		{[]string{"serve", "--public-url", "book.example.com"}, 2, "--public-url \"book.example.com\" must be an http(s) URL"},
 		{[]string{"serve", "--step-timeout", "0"}, 2, "--step-timeout must be positive"},
 	}
 	for _, c := range cases {
