@@ -100,11 +100,11 @@ func total(items []item) (float64, string, error) {
 	for _, it := range items {
 		t += price(it.res.Price)
 		if it.res.Price != nil {
-			if c := currency(it.res.Price); cur != "" && c != cur {
+			c := currency(it.res.Price)
+			if cur != "" && c != cur {
 				return 0, "", allot.Errorf(allot.CodeCurrencyMismatch, "the items are priced in %s and %s; an Order is paid in one currency", cur, c)
-			} else {
-				cur = c
 			}
+			cur = c
 		}
 	}
 	if cur == "" {
@@ -162,9 +162,8 @@ func paymentDue(t float64, cur string) obj {
 func (h *Handler) quote(c2 bool) nethttp.HandlerFunc {
 	return func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		ctx := r.Context()
-		uuid := r.PathValue("uuid")
-		if !uuidPattern.MatchString(uuid) {
-			h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+		uuid, ok := h.pathUUID(w, r)
+		if !ok {
 			return
 		}
 		var req request
@@ -240,10 +239,20 @@ func unsure(err error) bool {
 	return err != nil && (c == "" || c == allot.CodeOutcomeUnknown)
 }
 
+// pathUUID is the request's {uuid}, or false after answering 400 when it
+// is not one (a NUL would reach the database).
+func (h *Handler) pathUUID(w nethttp.ResponseWriter, r *nethttp.Request) (string, bool) {
+	uuid := r.PathValue("uuid")
+	if !uuidPattern.MatchString(uuid) {
+		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+		return "", false
+	}
+	return uuid, true
+}
+
 // deleteQuote releases the lease; always a success.
 func (h *Handler) deleteQuote(w nethttp.ResponseWriter, r *nethttp.Request) {
-	if !uuidPattern.MatchString(r.PathValue("uuid")) {
-		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+	if _, ok := h.pathUUID(w, r); !ok {
 		return
 	}
 	_, err := h.eng.ReleaseHold(r.Context(), leaseID(partnerOf(r.Context()), r.PathValue("uuid")))
@@ -259,9 +268,8 @@ func (h *Handler) deleteQuote(w nethttp.ResponseWriter, r *nethttp.Request) {
 // request answers the same 201 body.
 func (h *Handler) book(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
-	uuid := r.PathValue("uuid")
-	if !uuidPattern.MatchString(uuid) {
-		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+	uuid, ok := h.pathUUID(w, r)
+	if !ok {
 		return
 	}
 	var req request
@@ -418,8 +426,7 @@ func (h *Handler) bookingError(err error) (int, []byte) {
 // deleted); a lease under the UUID is released too.
 func (h *Handler) deleteOrder(w nethttp.ResponseWriter, r *nethttp.Request) {
 	ctx := r.Context()
-	if !uuidPattern.MatchString(r.PathValue("uuid")) {
-		h.write(w, 400, oaError("InvalidAPIRequestError", "the UUID in the path is not a UUID", 400))
+	if _, ok := h.pathUUID(w, r); !ok {
 		return
 	}
 	id := orderID(partnerOf(ctx), r.PathValue("uuid"))
