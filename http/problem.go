@@ -103,6 +103,12 @@ func problemBody(p Problem) []byte {
 	return append(b, '\n')
 }
 
+// writeProblem answers err as a problem about instance (the request path).
+func writeProblem(w nethttp.ResponseWriter, err error, instance string) {
+	p := problemOf(err, instance)
+	writeBody(w, p.Status, problemBody(p))
+}
+
 func writeBody(w nethttp.ResponseWriter, status int, body []byte) {
 	ct := "application/json"
 	if status >= 400 {

@@ -26,10 +26,7 @@ const (
 // change-number order, its change number as the SSE id, so a client that
 // reconnects with Last-Event-ID (or ?after=) resumes where it stopped.
 func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
-	fail := func(err error) {
-		p := problemOf(err, r.URL.Path)
-		writeBody(w, p.Status, problemBody(p))
-	}
+	fail := func(err error) { writeProblem(w, err, r.URL.Path) }
 	if err := checkURL(r); err != nil {
 		fail(err)
 		return
@@ -37,8 +34,7 @@ func (s *Server) eventStream(w nethttp.ResponseWriter, r *nethttp.Request) {
 	if s.streams.Add(1) > MaxStreams {
 		s.streams.Add(-1)
 		w.Header().Set("Retry-After", "5")
-		p := problemOf(&allot.Error{Code: codeUnavailable, Line: -1, Detail: fmt.Sprintf("%d event streams are open, the most this server keeps; retry later", MaxStreams)}, r.URL.Path)
-		writeBody(w, p.Status, problemBody(p))
+		fail(&allot.Error{Code: codeUnavailable, Line: -1, Detail: fmt.Sprintf("%d event streams are open, the most this server keeps; retry later", MaxStreams)})
 		return
 	}
 	defer s.streams.Add(-1)

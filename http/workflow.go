@@ -143,8 +143,7 @@ func (s *Server) callbackOnce(next nethttp.Handler) nethttp.Handler {
 		body, err := io.ReadAll(nethttp.MaxBytesReader(w, r.Body, MaxBody))
 		var tooBig *nethttp.MaxBytesError
 		if errors.As(err, &tooBig) {
-			p := problemOf(jsonFieldError(err), r.URL.Path)
-			writeBody(w, p.Status, problemBody(p))
+			writeProblem(w, jsonFieldError(err), r.URL.Path)
 			return
 		}
 		// Only a verified callback has a key, and only this one: a key the
